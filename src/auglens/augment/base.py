@@ -1,0 +1,53 @@
+"""Batched augmentations with per-sample random parameters from their own seeded generator.
+
+Contract: an augmentation is called on a whole batch on the training device,
+``images`` float (B, 3, H, W) in [0, 1] and ``targets`` float (B, K) label distributions (one-hot for
+plain labels), and returns ``(images, targets, log)``. ``log`` maps names to per-sample tensors of
+length B (e.g. CutMix's ``lam`` and ``box``) so that the trainer can record them. All randomness is
+drawn from ``generator`` (a CPU ``torch.Generator``), never from the global RNG, so that augmentation
+randomness is independent of batch order and model initialisation (SPEC §8).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ..registry import Registry
+
+#: name -> Augmentation subclass; constructor keyword arguments are its parameters.
+AUGMENTATIONS: Registry = Registry("augmentation")
+
+AugLog = dict[str, Tensor]
+
+
+class Augmentation:
+    """Base class. Subclasses implement ``apply`` and set ``name``; ``mixes_labels`` if targets change."""
+
+    name: ClassVar[str] = ""
+    mixes_labels: ClassVar[bool] = False
+
+    def __init__(self, p: float = 1.0) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        self.p = p
+
+    def __call__(
+        self, images: Tensor, targets: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, AugLog]:
+        return self.apply(images, targets, generator)
+
+    def apply(
+        self, images: Tensor, targets: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, AugLog]:
+        raise NotImplementedError
+
+    def draw_apply_mask(self, batch: int, generator: torch.Generator) -> Tensor:
+        """bool (B,) on CPU: which samples get the augmentation (probability ``p``)."""
+        return torch.rand(batch, generator=generator) < self.p
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"

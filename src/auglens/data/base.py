@@ -1,0 +1,77 @@
+"""The data contract every dataset loader returns: in-memory uint8 images plus optional ground truth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..registry import Registry
+
+#: name -> builder(cfg: DataConfig) -> Dataset
+DATASETS: Registry = Registry("dataset")
+
+CONCEPT_CATEGORIES = ("object", "part", "scene", "material", "texture", "color")
+
+
+@dataclass
+class ImageSet:
+    """One split. Shapes: images uint8 (N, 3, H, W); labels int64 (N,).
+
+    Optional ground truth (None where a dataset has none):
+    masks bool (N, H, W), True on the object; boxes int64 (N, 4) as (x1, y1, x2, y2) with exclusive
+    ends, so the box region is ``[y1:y2, x1:x2]``; concepts int16 (N, K, H, W): for each of the
+    dataset's K concept *layers* the global concept id of every pixel, 0 = unlabelled.
+    """
+
+    images: Tensor
+    labels: Tensor
+    masks: Tensor | None = None
+    boxes: Tensor | None = None
+    concepts: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, idx: Tensor) -> ImageSet:
+        def take(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[idx]
+
+        return ImageSet(
+            self.images[idx], self.labels[idx], take(self.masks), take(self.boxes), take(self.concepts)
+        )
+
+
+@dataclass
+class Dataset:
+    """Train/val/test splits with class names and the normalisation used by every model.
+
+    mean/std: per-channel floats for images scaled to [0, 1]. concept_names[i] / concept_categories[i]
+    describe global concept id i (id 0 is "unlabelled"); categories are from CONCEPT_CATEGORIES.
+    """
+
+    name: str
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    class_names: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    concept_names: list[str] = field(default_factory=list)
+    concept_categories: list[str] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.train.images.shape[-2:])  # type: ignore[return-value]
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """Float images in [0, 1], (B, 3, H, W) → normalised model input."""
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return (x - mean) / std
