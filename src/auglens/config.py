@@ -1,0 +1,287 @@
+"""Validated configuration (pydantic): YAML files, ``--set key=value`` overrides, content hashes.
+
+Error messages name the field path, the bad value and the allowed values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+# --------------------------------------------------------------------------- sections
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class _WithParams(BaseModel):
+    """A registry name plus free keyword parameters checked against the factory's signature."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def _check(self, registry: Any, fixed: set[str]) -> None:
+        registry.get(self.name)  # unknown name -> error listing valid names
+        valid = set(registry.describe(self.name)["params"])
+        bad = [k for k in self.params() if k not in valid]
+        if bad:
+            raise ValueError(
+                f"unknown parameter '{bad[0]}' for {registry.kind} '{self.name}'; valid: "
+                + ", ".join(sorted(valid | fixed))
+            )
+
+
+class DataConfig(_WithParams):
+    """``name`` of a registered dataset; other keys go to its builder (e.g. ``image_size``)."""
+
+    name: str = "shapes"
+
+    @model_validator(mode="after")
+    def _valid(self) -> DataConfig:
+        from .data import DATASETS
+
+        self._check(DATASETS, {"name"})
+        return self
+
+
+class ModelConfig(_WithParams):
+    """``name`` of a registered model; ``input_size`` resizes inputs (e.g. 32 → 224);
+    ``target_layer`` overrides the default Grad-CAM layer; ``checkpoint`` loads local weights."""
+
+    name: str = "small_resnet"
+    input_size: int | None = Field(default=None, gt=0)
+    target_layer: str | None = None
+    checkpoint: Path | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> ModelConfig:
+        from .models import MODELS
+
+        self._check(MODELS, {"name", "input_size", "target_layer", "checkpoint"})
+        return self
+
+
+class TrainConfig(_Strict):
+    """Optimisation. ``epochs``/``milestones`` in epochs; lr schedules step once per batch."""
+
+    epochs: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=128, ge=2)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(default=5e-4, ge=0)
+    schedule: Literal["onecycle", "cosine", "step", "constant"] = "onecycle"
+    milestones: list[float] = Field(default_factory=list)
+    gamma: float = Field(default=0.1, gt=0)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    early_stopping_patience: int | None = Field(default=None, ge=1)
+    eval_batch_size: int = Field(default=500, ge=1)
+    device: str = "auto"
+    amp: bool = False
+    threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu") and not v.startswith("cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got '{v}'")
+        return v
+
+
+AugSpec = dict[str, Any]
+
+
+def _check_augment(spec: list[AugSpec]) -> list[AugSpec]:
+    from .augment import build_augmentation
+
+    for i, s in enumerate(spec):
+        if not isinstance(s, dict) or "name" not in s:
+            raise ValueError(f"item {i} must be a mapping with a 'name', got {s!r}")
+    build_augmentation(spec)  # raises ConfigError / AuglensError naming the problem
+    return spec
+
+
+class CellConfig(_Strict):
+    """One grid cell: everything that determines one trained model."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    augment: list[AugSpec] = Field(default_factory=list)
+    seed: int = 0
+
+    @field_validator("augment")
+    @classmethod
+    def _augment(cls, v: list[AugSpec]) -> list[AugSpec]:
+        return _check_augment(v)
+
+    def content_hash(self) -> str:
+        return config_hash(self.model_dump(mode="json"))
+
+
+class ExperimentConfig(_Strict):
+    """A grid: every variant (a named augmentation list; [] = baseline) × every seed."""
+
+    name: str = "experiment"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    variants: dict[str, list[AugSpec]] = Field(default_factory=lambda: {"baseline": []})
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    baseline: str = "baseline"
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, v: dict[str, list[AugSpec]]) -> dict[str, list[AugSpec]]:
+        for name, spec in v.items():
+            if not name or "/" in name or name.startswith("."):
+                raise ValueError(f"variant name '{name}' must be non-empty and contain no '/'")
+            try:
+                _check_augment(spec)
+            except Exception as e:
+                raise ValueError(f"variant '{name}': {e}") from e
+        return v
+
+    @model_validator(mode="after")
+    def _has_baseline(self) -> ExperimentConfig:
+        if self.baseline not in self.variants:
+            raise ValueError(
+                f"baseline variant '{self.baseline}' is not among variants: {', '.join(self.variants)}"
+            )
+        if len(set(self.seeds)) != len(self.seeds) or not self.seeds:
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
+        return self
+
+    def cells(self) -> list[tuple[str, int, CellConfig]]:
+        """(variant, seed, cell config) for the whole grid, variants in file order."""
+        out = []
+        for seed in self.seeds:
+            for variant, spec in self.variants.items():
+                cell = CellConfig(
+                    data=self.data, model=self.model, train=self.train, augment=spec, seed=seed
+                )
+                out.append((variant, seed, cell))
+        return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def config_hash(obj: Any) -> str:
+    """sha256 (first 16 hex digits) of the canonical JSON of ``obj``."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value as YAML (``1`` → int, ``[1,2]`` → list, ``true`` → bool, else str)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` strings to a nested dict/list (list items by index)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set key '{key}' is not a dotted path like train.epochs")
+        node: Any = raw
+        for i, part in enumerate(parts[:-1]):
+            nxt = parts[i + 1]
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"--set {key}: index '{part}' out of range (0..{len(node) - 1})")
+                node = node[int(part)]
+            else:
+                if part not in node or node[part] is None:
+                    node[part] = [] if nxt.isdigit() else {}
+                node = node[part]
+        last = parts[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) > len(node):
+                raise ConfigError(f"--set {key}: index '{last}' out of range (0..{len(node)})")
+            if int(last) == len(node):
+                node.append(parse_value(value))
+            else:
+                node[int(last)] = parse_value(value)
+        elif isinstance(node, dict):
+            node[last] = parse_value(value)
+        else:
+            raise ConfigError(f"--set {key}: '{'.'.join(parts[:-1])}' is not a section")
+    return raw
+
+
+def _format_validation_error(e: ValidationError, source: str) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after[_valid()]",))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+            parent = err["loc"][:-1]
+            msg += f"; valid fields here: {_valid_fields(e.title, parent)}"
+        bad = err.get("input")
+        shown = "" if isinstance(bad, dict) or err["type"] == "extra_forbidden" else f" (got {bad!r})"
+        lines.append(f"{source}: {loc or '<root>'}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def _valid_fields(title: str, loc: tuple) -> str:
+    model: Any = {"CellConfig": CellConfig, "ExperimentConfig": ExperimentConfig}.get(title)
+    for part in loc:
+        if model is None:
+            break
+        field = model.model_fields.get(part)
+        ann = field.annotation if field else None
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return ", ".join(model.model_fields) if model else "?"
+
+
+def load_config(
+    cls: type[BaseModel], raw: dict[str, Any] | None, overrides: list[str] = (), source: str = "config"
+) -> Any:
+    """Validate ``raw`` (+ overrides) as ``cls``; a ConfigError lists every problem with its path."""
+    import copy
+
+    from .errors import AuglensError
+
+    data = apply_overrides(copy.deepcopy(raw or {}), list(overrides))
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None
+    except AuglensError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; missing file or bad YAML gives a ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data

@@ -1,0 +1,199 @@
+"""Registry of models, default Grad-CAM target layers, and checkpoint I/O (safetensors)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+from ..errors import AuglensError
+from ..registry import Registry
+from .small import SmallResNet
+
+#: name -> factory(num_classes, **params) -> nn.Module with attribute ``default_target_layer``
+MODELS: Registry = Registry("model")
+
+
+@MODELS.register("small_resnet")
+def small_resnet(num_classes: int, width: int = 32, blocks: int = 1) -> nn.Module:
+    """Small CIFAR-style ResNet (CPU default); Grad-CAM target ``layer3`` (input/4 resolution)."""
+    model = SmallResNet(num_classes, width=width, blocks=blocks)
+    model.default_target_layer = "layer3"
+    return model
+
+
+def _cifar_stem(model: nn.Module) -> None:
+    """Replace the ImageNet stem (7×7/2 conv + max-pool) by a 3×3/1 conv, as for 32×32 inputs."""
+    model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
+    model.maxpool = nn.Identity()
+
+
+@MODELS.register("resnet18")
+def resnet18(num_classes: int, cifar_stem: bool = False) -> nn.Module:
+    """torchvision ResNet-18, random init; ``cifar_stem`` for small inputs; target ``layer4``."""
+    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    if cifar_stem:
+        _cifar_stem(model)
+    model.default_target_layer = "layer4"
+    return model
+
+
+@MODELS.register("resnet50")
+def resnet50(num_classes: int, cifar_stem: bool = False) -> nn.Module:
+    """torchvision ResNet-50 (Study B), random init; ``cifar_stem`` for small inputs; ``layer4``."""
+    model = torchvision.models.resnet50(weights=None, num_classes=num_classes)
+    if cifar_stem:
+        _cifar_stem(model)
+    model.default_target_layer = "layer4"
+    return model
+
+
+@MODELS.register("efficientnet_b0")
+def efficientnet_b0(num_classes: int, dropout: float = 0.2) -> nn.Module:
+    """torchvision EfficientNet-B0 (Study A), random init; target ``features.8`` (last conv)."""
+    model = torchvision.models.efficientnet_b0(weights=None, num_classes=num_classes, dropout=dropout)
+    model.default_target_layer = "features.8"
+    return model
+
+
+class InputResize(nn.Module):
+    """Bilinearly resizes inputs to ``size``×``size`` before ``net`` (e.g. CIFAR 32 → 224)."""
+
+    def __init__(self, net: nn.Module, size: int) -> None:
+        super().__init__()
+        self.net = net
+        self.size = size
+        self.default_target_layer = "net." + net.default_target_layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self.net(x)
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    input_size: int | None = None,
+    checkpoint: str | Path | None = None,
+    **params: object,
+) -> nn.Module:
+    """Build a registered model (random init from the global RNG), optionally resized input and
+    weights loaded from a local checkpoint. Never downloads anything."""
+    factory = MODELS.get(name)
+    try:
+        model = factory(num_classes, **params)
+    except TypeError as e:
+        valid = ", ".join(MODELS.describe(name)["params"]) or "none"
+        raise AuglensError(f"bad parameter for model '{name}': {e}; valid parameters: {valid}") from e
+    if input_size is not None:
+        model = InputResize(model, input_size)
+    if checkpoint is not None:
+        load_weights(model, checkpoint)
+    return model
+
+
+def default_target_layer(model: nn.Module) -> str:
+    """The registered default Grad-CAM layer name of ``model`` (a dotted module path)."""
+    name = getattr(model, "default_target_layer", None)
+    if name is None:
+        raise AuglensError(
+            f"{type(model).__name__} has no default target layer; pass one by module name"
+        )
+    return name
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    """The sub-module at dotted path ``name``; unknown names list the valid ones near it."""
+    modules = dict(model.named_modules())
+    if name not in modules:
+        top = [n for n in modules if n and "." not in n]
+        raise AuglensError(
+            f"model {type(model).__name__} has no module '{name}'; top-level modules: "
+            f"{', '.join(top)} (use dotted paths for nested ones, e.g. '{top[-1]}.0')"
+        )
+    return modules[name]
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_weights(model: nn.Module, path: str | Path) -> str:
+    """Write the state dict as safetensors atomically (temp file + rename); returns its sha256."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return file_sha256(path)
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a safetensors file, or a torch file with ``weights_only=True`` (no arbitrary code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AuglensError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise AuglensError(f"corrupt checkpoint {path}: {e}") from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise AuglensError(
+            f"cannot load checkpoint {path} safely (weights_only=True refused or file corrupt): "
+            f"{str(e).splitlines()[0]}; save a plain state_dict or a .safetensors file"
+        ) from e
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise AuglensError(f"checkpoint {path} does not hold a state_dict of tensors")
+    return obj
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a checkpoint into ``model`` strictly; mismatched keys or shapes give a clear error."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    bad_shape = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or bad_shape:
+        parts = []
+        if bad_shape:
+            parts.append("shape mismatch " + "; ".join(bad_shape[:3]))
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        raise AuglensError(
+            f"checkpoint {path} does not match model {type(model).__name__}: " + "; ".join(parts)
+        )
+    model.load_state_dict(state)
+    return model

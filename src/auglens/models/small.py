@@ -1,0 +1,53 @@
+"""A small CIFAR-style residual CNN: 3 stages (32/64/128 ch), the last at input/4 resolution."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+        self.relu = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """ResNet for 32×32 inputs: stem → layer1 (32 ch, 32×32) → layer2 (64, 16×16) → layer3 (128, 8×8).
+
+    Grad-CAM's default target is ``layer3`` (8×8 at 32×32 input, so maps are not degenerate).
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 32, blocks: int = 1) -> None:
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.layer1 = self._stage(w, w, blocks, 1)
+        self.layer2 = self._stage(w, 2 * w, blocks, 2)
+        self.layer3 = self._stage(2 * w, 4 * w, blocks, 2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * w, num_classes)
+
+    @staticmethod
+    def _stage(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
+        layers = [BasicBlock(cin, cout, stride)]
+        layers += [BasicBlock(cout, cout, 1) for _ in range(blocks - 1)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(self.pool(x).flatten(1))

@@ -1,0 +1,278 @@
+"""Reproducible training of one grid cell (SPEC §8).
+
+For a given seed every augmentation gets identical initial weights and an identical batch order:
+the model is initialised right after ``torch.manual_seed(derive_seed(seed, "init"))``, batch order
+comes from a generator seeded by ``(seed, "order")``, and augmentation randomness from its own
+generator seeded by ``(seed, "augment")``, so adding or changing an augmentation never shifts the
+batch order. On CPU the same cell trained twice gives bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..augment import build_augmentation
+from ..config import CellConfig, TrainConfig
+from ..data import DATASETS, Dataset, ImageSet
+from ..models import build_model, save_weights
+from ..utils import atomic_path, derive_seed, make_generator, resolve_device, software_versions
+from ..utils import write_json as _write_json
+from .metrics import classification_report
+
+WEIGHTS = "weights.safetensors"
+RECORD = "record.json"
+AUG_LOG = "augment_log.parquet"
+
+_DATA_CACHE: dict[str, Dataset] = {}
+
+
+def load_dataset(cfg: CellConfig) -> Dataset:
+    """Build (or reuse, within this process) the dataset a cell config names."""
+    key = cfg.data.model_dump_json()
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = DATASETS.get(cfg.data.name)(**cfg.data.params())
+    return _DATA_CACHE[key]
+
+
+@contextlib.contextmanager
+def deterministic(threads: int | None) -> Iterator[None]:
+    """Deterministic algorithms (and optionally a thread count) for the block; restored after."""
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_threads = torch.get_num_threads()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+        torch.set_num_threads(prev_threads)
+
+
+def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[Tensor]:
+    """Index batches of one epoch (last partial batch dropped) — depends only on (seed, epoch)."""
+    perm = torch.randperm(n, generator=make_generator(seed, "order", epoch))
+    n_full = n // batch_size
+    return list(perm[: n_full * batch_size].view(n_full, batch_size))
+
+
+def soft_cross_entropy(logits: Tensor, targets: Tensor, smoothing: float = 0.0) -> Tensor:
+    """Mean over the batch of −Σ_k t_k log softmax(z)_k; equals CE for one-hot t and
+    λ·CE(y_a) + (1−λ)·CE(y_b) for CutMix targets."""
+    if smoothing:
+        targets = targets * (1 - smoothing) + smoothing / targets.shape[1]
+    return -(targets * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
+    """Multiplier of ``cfg.lr`` at optimiser step ``step`` (0-based) of ``total``."""
+    t = step / max(total, 1)
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.schedule == "onecycle":  # linear warm-up over 15 %, then cosine down to 0
+        w = 0.15
+        return t / w if t < w else 0.5 * (1 + math.cos(math.pi * (t - w) / (1 - w)))
+    epoch = step / steps_per_epoch
+    return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: Tensor, data: Dataset, batch_size: int, device: torch.device
+            ) -> Tensor:
+    """Logits float32 (N, K) of uint8 images (N, 3, H, W), in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for i in range(0, len(images), batch_size):
+            x = data.normalize(images[i : i + batch_size].to(device).float() / 255)
+            out.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate(model: nn.Module, split: ImageSet, data: Dataset, cfg: TrainConfig,
+             device: torch.device) -> dict[str, Any]:
+    logits = predict(model, split.images, data, cfg.eval_batch_size, device)
+    loss = F.cross_entropy(logits, split.labels).item()
+    report = classification_report(logits.argmax(1), split.labels, data.num_classes)
+    return {"loss": loss, **report}
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    record: dict[str, Any]
+    weights_path: Path | None
+
+
+def train_cell(
+    cfg: CellConfig,
+    out_dir: str | Path | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train one (augmentation, seed) cell; write weights + record (+ augmentation log) to
+    ``out_dir`` atomically (record.json last: its presence marks a finished cell)."""
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    data = load_dataset(cfg)
+    t0 = time.perf_counter()
+    with deterministic(tc.threads):
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        model = build_model(
+            cfg.model.name, data.num_classes, cfg.model.input_size, cfg.model.checkpoint,
+            **cfg.model.params(),
+        )
+        torch.manual_seed(derive_seed(cfg.seed, "dropout"))
+        init_sha = state_sha256(model)
+        model = model.to(device).to(memory_format=torch.channels_last)
+        order_hash = hashlib.sha256()
+        augment = build_augmentation(cfg.augment)
+        aug_gen = make_generator(cfg.seed, "augment")
+        opt = make_optimizer(model, tc)
+        base_lrs = [g["lr"] for g in opt.param_groups]
+        scaler = torch.amp.GradScaler(device.type, enabled=tc.amp and device.type == "cuda")
+        train_images = data.train.images.to(device)
+        train_labels = data.train.labels.to(device)
+        steps_per_epoch = len(data.train) // tc.batch_size
+        total = steps_per_epoch * tc.epochs
+        history: list[dict[str, Any]] = []
+        logs: list[dict[str, np.ndarray]] = []
+        best = (-1.0, None, 0)  # (val acc, state, epoch)
+        step = 0
+        for epoch in range(tc.epochs):
+            model.train()
+            loss_sum, correct, seen = 0.0, 0.0, 0
+            for idx in batch_order(len(data.train), tc.batch_size, cfg.seed, epoch):
+                order_hash.update(idx.numpy().tobytes())
+                idx_d = idx.to(device)
+                x = train_images[idx_d].float().div_(255)
+                y = F.one_hot(train_labels[idx_d], data.num_classes).float()
+                x, y, log = augment(x, y, aug_gen)
+                if log:
+                    logs.append(_log_rows(log, idx, epoch, step))
+                x = data.normalize(x).contiguous(memory_format=torch.channels_last)
+                f = lr_factor(tc, step, total, steps_per_epoch)
+                for g, lr in zip(opt.param_groups, base_lrs, strict=True):
+                    g["lr"] = lr * f
+                with torch.autocast(device.type, enabled=tc.amp and device.type == "cuda"):
+                    logits = model(x)
+                loss = soft_cross_entropy(logits, y, tc.label_smoothing)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                step += 1
+                loss_sum += loss.item() * len(idx)
+                correct += (logits.argmax(1) == y.argmax(1)).sum().item()
+                seen += len(idx)
+            val = evaluate(model, data.val, data, tc, device)
+            entry = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / max(seen, 1),
+                "train_accuracy": correct / max(seen, 1),
+                "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"],
+                "seconds": time.perf_counter() - t0,
+            }
+            history.append(entry)
+            if progress:
+                progress(entry)
+            if tc.early_stopping_patience is not None:
+                if val["accuracy"] > best[0]:
+                    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    best = (val["accuracy"], state, epoch + 1)
+                elif epoch + 1 - best[2] >= tc.early_stopping_patience:
+                    break
+        if best[1] is not None:
+            model.load_state_dict(best[1])
+        test = evaluate(model, data.test, data, tc, device)
+    model.eval()
+    record = {
+        "config": cfg.model_dump(mode="json"),
+        "config_hash": cfg.content_hash(),
+        "dataset": {"name": data.name, "info": data.info, "class_names": data.class_names},
+        "device": str(device),
+        "software": software_versions(),
+        "history": history,
+        "init_sha256": init_sha,
+        "batch_order_sha256": order_hash.hexdigest(),
+        "best_epoch": best[2] if best[1] is not None else len(history),
+        "test": {k: v for k, v in test.items()},
+        "train_seconds": time.perf_counter() - t0,
+    }
+    weights_path = None
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        weights_path = out_dir / WEIGHTS
+        record["weights_sha256"] = save_weights(model, weights_path)
+        if logs:
+            _write_logs(out_dir / AUG_LOG, logs)
+        _write_json(out_dir / RECORD, record)
+    return TrainResult(model, record, weights_path)
+
+
+def state_sha256(model: nn.Module) -> str:
+    """sha256 over a model's state dict tensors (names and bytes, in order)."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _log_rows(log: dict[str, Tensor], idx: Tensor, epoch: int, step: int) -> dict[str, np.ndarray]:
+    rows: dict[str, np.ndarray] = {
+        "epoch": np.full(len(idx), epoch, dtype=np.int32),
+        "step": np.full(len(idx), step, dtype=np.int64),
+        "image_index": idx.numpy().astype(np.int64),
+    }
+    for k, v in log.items():
+        v = v.detach().cpu()
+        if v.ndim == 1:
+            rows[k] = v.numpy()
+        else:
+            for j in range(v.shape[1]):
+                rows[f"{k}_{j}"] = v[:, j].numpy()
+    return rows
+
+
+def _write_logs(path: Path, logs: list[dict[str, np.ndarray]]) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame({k: np.concatenate([r[k] for r in logs]) for k in logs[0]})
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)

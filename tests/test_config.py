@@ -1,0 +1,76 @@
+import pytest
+
+from auglens.config import CellConfig, ExperimentConfig, apply_overrides, load_config, read_yaml
+from auglens.errors import AuglensError, ConfigError
+
+
+def test_defaults_validate_and_hash_is_stable():
+    a = load_config(CellConfig, {})
+    b = load_config(CellConfig, {"train": {"epochs": 8}})
+    assert a.content_hash() == b.content_hash()
+    c = load_config(CellConfig, {}, ["train.epochs=2"])
+    assert c.train.epochs == 2 and c.content_hash() != a.content_hash()
+
+
+def test_set_parses_yaml_values_and_list_indices():
+    raw = {"augment": [{"name": "affine"}]}
+    out = apply_overrides(raw, ["augment.0.degrees=30", "train.milestones=[2, 4]", "train.amp=true"])
+    assert out["augment"][0]["degrees"] == 30
+    assert out["train"] == {"milestones": [2, 4], "amp": True}
+    cfg = load_config(CellConfig, {"augment": [{"name": "affine"}]}, ["augment.0.degrees=30"])
+    assert cfg.augment[0]["degrees"] == 30
+
+
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ("train.epochz=3", r"train\.epochz: unknown field; valid fields here: epochs, batch_size"),
+        ("train.epochs=0", r"train\.epochs: Input should be greater than or equal to 1 \(got 0\)"),
+        ("train.optimizer=lion", r"train\.optimizer: Input should be 'sgd' or 'adamw'"),
+        ("train.device=tpu", r"device must be 'auto', 'cpu' or 'cuda\[:N\]'"),
+        ("model.name=resnet19", r"unknown model 'resnet19'.*valid models: efficientnet_b0"),
+        ("model.depth=3", r"unknown parameter 'depth' for model 'small_resnet'; valid: "),
+        ("data.name=imagenet", r"unknown dataset 'imagenet'; valid datasets: shapes"),
+        ("data.image_sise=64", r"unknown parameter 'image_sise' for dataset 'shapes'"),
+        ("augment.0.name=rotate", r"unknown augmentation 'rotate'.*valid augmentations: affine"),
+        ("foo=1", r"foo: unknown field; valid fields here: data, model, train, augment, seed"),
+        ("train", r"--set expects key=value"),
+    ],
+)
+def test_bad_values_name_the_field(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(CellConfig, {}, [override], source="test")
+
+
+def test_bad_augmentation_parameter_names_it():
+    with pytest.raises(AuglensError, match="degress"):
+        load_config(CellConfig, {"augment": [{"name": "affine", "degress": 3}]})
+
+
+def test_experiment_grid_and_baseline_check():
+    exp = load_config(
+        ExperimentConfig,
+        {"variants": {"baseline": [], "affine": [{"name": "affine"}]}, "seeds": [0, 1]},
+    )
+    cells = exp.cells()
+    assert [(v, s) for v, s, _ in cells] == [
+        ("baseline", 0), ("affine", 0), ("baseline", 1), ("affine", 1)
+    ]
+    assert cells[0][2].augment == [] and cells[1][2].augment == [{"name": "affine"}]
+    with pytest.raises(ConfigError, match="baseline variant 'baseline' is not among variants: a"):
+        load_config(ExperimentConfig, {"variants": {"a": []}})
+    with pytest.raises(ConfigError, match="variant 'x'.*unknown augmentation 'blurr'"):
+        load_config(ExperimentConfig, {"variants": {"baseline": [], "x": [{"name": "blurr"}]}})
+    with pytest.raises(ConfigError, match="seeds must be"):
+        load_config(ExperimentConfig, {"seeds": [1, 1]})
+
+
+def test_read_yaml_errors(tmp_path):
+    with pytest.raises(ConfigError, match="experiment file not found"):
+        read_yaml(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        read_yaml(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        read_yaml(tmp_path / "list.yaml")

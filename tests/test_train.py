@@ -1,0 +1,95 @@
+import json
+
+import pytest
+import torch
+
+from auglens.config import CellConfig, load_config
+from auglens.train import batch_order, train_cell
+from auglens.train.trainer import soft_cross_entropy, state_sha256
+
+TINY = [
+    "data.n_train=192", "data.n_val=64", "data.n_test=64",
+    "model.width=8", "train.epochs=2", "train.batch_size=64", "train.threads=1",
+]
+
+
+def tiny(augment=None, seed=0, extra=()):
+    return load_config(CellConfig, {"augment": augment or [], "seed": seed}, TINY + list(extra))
+
+
+def test_same_cell_twice_gives_identical_weights(tmp_path):
+    a = train_cell(tiny([{"name": "affine"}]), tmp_path / "a")
+    b = train_cell(tiny([{"name": "affine"}]), tmp_path / "b")
+    assert a.record["weights_sha256"] == b.record["weights_sha256"]
+    assert state_sha256(a.model) == state_sha256(b.model)
+    assert (tmp_path / "a" / "weights.safetensors").read_bytes() == (
+        tmp_path / "b" / "weights.safetensors"
+    ).read_bytes()
+
+
+def test_augmentations_of_one_seed_share_init_and_batch_order(tmp_path):
+    base = train_cell(tiny(), tmp_path / "base").record
+    cut = train_cell(tiny([{"name": "cutmix", "p": 1.0}]), tmp_path / "cut").record
+    other = train_cell(tiny(seed=1), tmp_path / "other").record
+    assert base["init_sha256"] == cut["init_sha256"]
+    assert base["batch_order_sha256"] == cut["batch_order_sha256"]
+    assert base["weights_sha256"] != cut["weights_sha256"]
+    assert other["init_sha256"] != base["init_sha256"]
+    assert other["batch_order_sha256"] != base["batch_order_sha256"]
+
+
+def test_batch_order_depends_only_on_seed_and_epoch():
+    a = batch_order(100, 32, 0, 0)
+    assert len(a) == 3 and all(len(b) == 32 for b in a)
+    assert torch.equal(torch.cat(a), torch.cat(batch_order(100, 32, 0, 0)))
+    assert not torch.equal(torch.cat(a), torch.cat(batch_order(100, 32, 0, 1)))
+    assert len(set(torch.cat(a).tolist())) == 96  # no repeats within an epoch
+
+
+def test_record_and_files(tmp_path):
+    r = train_cell(tiny([{"name": "cutmix", "p": 1.0}]), tmp_path).record
+    rec = json.loads((tmp_path / "record.json").read_text())
+    assert rec["config_hash"] == r["config_hash"]
+    assert len(rec["history"]) == 2
+    for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+        assert k in rec["history"][0]
+    for k in ("accuracy", "precision", "recall", "f1", "per_class_accuracy"):
+        assert k in rec["test"]
+    assert len(rec["test"]["per_class_accuracy"]) == 10
+    assert rec["software"]["torch"] == torch.__version__
+    assert not list(tmp_path.glob(".*"))  # no temp files left
+    import pandas as pd
+
+    log = pd.read_parquet(tmp_path / "augment_log.parquet")
+    assert len(log) == 2 * 192  # every sample of every step logged
+    assert {"epoch", "step", "image_index", "lam", "box_0", "box_3"} <= set(log.columns)
+    area = (log.box_2 - log.box_0) * (log.box_3 - log.box_1)
+    assert torch.allclose(torch.tensor(1 - area / 32**2), torch.tensor(log.lam.values), atol=1e-6)
+
+
+def test_soft_cross_entropy_equals_mixed_ce():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 4, generator=g)
+    ya, yb = torch.tensor([0, 1, 2, 3, 0, 1]), torch.tensor([1, 1, 0, 2, 3, 3])
+    lam = torch.rand(6, generator=g)
+    t = lam[:, None] * torch.eye(4)[ya] + (1 - lam[:, None]) * torch.eye(4)[yb]
+    ref = (lam * torch.nn.functional.cross_entropy(z, ya, reduction="none")
+           + (1 - lam) * torch.nn.functional.cross_entropy(z, yb, reduction="none")).mean()
+    assert torch.allclose(soft_cross_entropy(z, t), ref, atol=1e-6)
+
+
+def test_early_stopping_restores_best(tmp_path):
+    r = train_cell(tiny(extra=["train.epochs=4", "train.early_stopping_patience=1",
+                               ]), tmp_path).record
+    accs = [h["val_accuracy"] for h in r["history"]]
+    assert r["best_epoch"] == 1 + accs.index(max(accs))
+
+
+def test_unwritable_output_dir_errors(tmp_path):
+    from auglens.errors import AuglensError
+    from auglens.utils import check_writable_dir
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(AuglensError, match="not writable"):
+        check_writable_dir(blocker / "sub")
