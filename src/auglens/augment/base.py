@@ -1,11 +1,11 @@
 """Batched augmentations with per-sample random parameters from their own seeded generator.
 
 Contract: an augmentation is called on a whole batch on the training device,
-``images`` float (B, 3, H, W) in [0, 1] and ``targets`` float (B, K) label distributions (one-hot for
-plain labels), and returns ``(images, targets, log)``. ``log`` maps names to per-sample tensors of
-length B (e.g. CutMix's ``lam`` and ``box``) so that the trainer can record them. All randomness is
-drawn from ``generator`` (a CPU ``torch.Generator``), never from the global RNG, so that augmentation
-randomness is independent of batch order and model initialisation (SPEC §8).
+``images`` float (B, 3, H, W) in [0, 1] and ``targets`` float (B, K) label distributions (one-hot
+for plain labels), and returns ``(images, targets, log)``. ``log`` maps names to per-sample tensors
+of length B (e.g. CutMix's ``lam`` and ``box``) so that the trainer can record them. All randomness
+is drawn from ``generator`` (a CPU ``torch.Generator``), never from the global RNG, so that
+augmentation randomness is independent of batch order and model initialisation (SPEC §8).
 """
 
 from __future__ import annotations
@@ -23,20 +23,38 @@ AUGMENTATIONS: Registry = Registry("augmentation")
 AugLog = dict[str, Tensor]
 
 
+class ParameterError(ValueError):
+    """An invalid augmentation parameter; ``field`` names it (``build_augmentation`` reports it)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class Augmentation:
-    """Base class. Subclasses implement ``apply`` and set ``name``; ``mixes_labels`` if targets change."""
+    """Base class. Subclasses implement ``apply`` and set ``name``; ``mixes_labels`` if targets
+    change."""
 
     name: ClassVar[str] = ""
     mixes_labels: ClassVar[bool] = False
 
     def __init__(self, p: float = 1.0) -> None:
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {p}")
-        self.p = p
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
+            raise ParameterError("p", f"p must be in [0, 1], got {p!r}")
+        self.p = float(p)
 
     def __call__(
         self, images: Tensor, targets: Tensor, generator: torch.Generator
     ) -> tuple[Tensor, Tensor, AugLog]:
+        if images.ndim != 4 or not images.is_floating_point():
+            raise ValueError(
+                f"{type(self).__name__}: images must be float (B, C, H, W), "
+                f"got {images.dtype} {tuple(images.shape)}"
+            )
+        if targets.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"{type(self).__name__}: {images.shape[0]} images but {targets.shape[0]} targets"
+            )
         return self.apply(images, targets, generator)
 
     def apply(

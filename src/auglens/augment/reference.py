@@ -1,0 +1,89 @@
+"""Standard torchvision v2 equivalents of the batched augmentations, for benchmarks.
+
+``reference_transform(name, **params)`` validates ``params`` exactly like ``build_augmentation``
+and returns the DataLoader-style transform doing the same thing to one float (3, H, W) image at a
+time (``cutmix``: to a batch ``(images, targets)``). Known differences from the batched versions:
+``color_jitter`` — torchvision applies the four adjustments in a random order per call (ours is
+fixed: brightness, contrast, saturation, hue); ``elastic`` — torchvision errors on images too small
+for its smoothing kernel (ours caps the radius); ``cutmix`` — one λ and box per batch, ``p`` is per
+batch, and ``label_mixing=False`` has no torchvision equivalent (ConfigError). Affine and elastic
+use ``fill=None`` so that borders match our plain zero-padding ``grid_sample``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchvision.transforms import v2
+
+from ..errors import ConfigError
+from .compose import build_augmentation
+from .geometric import Affine, Elastic, RandomCrop
+from .mixing import CutMix
+from .photometric import ColorJitter, GaussianBlur
+
+
+class PadCropToInput(torch.nn.Module):
+    """Zero-pad by ``padding`` then random-crop back to the input's own H×W (v2.RandomCrop)."""
+
+    def __init__(self, padding: int) -> None:
+        super().__init__()
+        self.padding = padding
+
+    def forward(self, image: Tensor) -> Tensor:
+        h, w = image.shape[-2:]
+        return v2.RandomCrop((h, w), padding=self.padding)(image)
+
+
+def _maybe(t: Any, p: float) -> Any:
+    if p >= 1.0:
+        return t
+    return v2.RandomApply([t], p=p)
+
+
+def reference_transform(name: str, **params: Any) -> Any:
+    """torchvision v2 transform equivalent to ``build_augmentation([{"name": name, **params}])``.
+
+    Per-image (3, H, W) float in [0, 1] except ``cutmix`` (batch ``(images (B, 3, H, W), targets
+    (B, K))``). ``p < 1`` wraps in ``v2.RandomApply`` (``equalize`` uses ``RandomEqualize(p)``).
+    """
+    aug = build_augmentation([{"name": name, **params}])
+    p = aug.p
+    if name == "none":
+        return v2.Identity()
+    if isinstance(aug, Affine):
+        t = v2.RandomAffine(
+            degrees=aug.degrees,
+            translate=(aug.translate, aug.translate),
+            scale=aug.scale,
+            shear=aug.shear if aug.shear > 0 else None,
+            interpolation=v2.InterpolationMode.BILINEAR,
+            fill=None,  # type: ignore[arg-type]
+        )
+        return _maybe(t, p)
+    if isinstance(aug, ColorJitter):
+        rng = {
+            k: (None if getattr(aug, k) == ident else getattr(aug, k))
+            for k, ident in (
+                ("brightness", (1.0, 1.0)),
+                ("contrast", (1.0, 1.0)),
+                ("saturation", (1.0, 1.0)),
+                ("hue", (0.0, 0.0)),
+            )
+        }
+        return _maybe(v2.ColorJitter(**rng), p)
+    if isinstance(aug, Elastic):
+        return _maybe(v2.ElasticTransform(alpha=aug.alpha, sigma=aug.sigma, fill=None), p)  # type: ignore[arg-type]
+    if name == "equalize":
+        return v2.RandomEqualize(p=p)
+    if isinstance(aug, GaussianBlur):
+        return _maybe(v2.GaussianBlur(aug.kernel_size, sigma=aug.sigma), p)
+    if isinstance(aug, RandomCrop):
+        return _maybe(PadCropToInput(aug.padding), p)
+    if isinstance(aug, CutMix):
+        if not aug.label_mixing:
+            raise ConfigError("cutmix: label_mixing=False has no torchvision reference transform")
+        return _maybe(v2.CutMix(alpha=aug.alpha), p)
+    raise ConfigError(f"no reference transform for augmentation '{name}'")
