@@ -206,8 +206,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         for i, part in enumerate(parts[:-1]):
             nxt = parts[i + 1]
             if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(f"--set {key}: index '{part}' out of range (0..{len(node) - 1})")
+                if not part.isdigit() or int(part) > len(node):
+                    raise ConfigError(f"--set {key}: index '{part}' out of range (0..{len(node)})")
+                if int(part) == len(node):  # one past the end appends a new item
+                    node.append([] if nxt.isdigit() else {})
                 node = node[int(part)]
             else:
                 if part not in node or node[part] is None:

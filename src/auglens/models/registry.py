@@ -21,7 +21,7 @@ MODELS: Registry = Registry("model")
 
 
 @MODELS.register("small_resnet")
-def small_resnet(num_classes: int, width: int = 32, blocks: int = 1) -> nn.Module:
+def small_resnet(num_classes: int, width: int = 16, blocks: int = 1) -> nn.Module:
     """Small CIFAR-style ResNet (CPU default); Grad-CAM target ``layer3`` (input/4 resolution)."""
     model = SmallResNet(num_classes, width=width, blocks=blocks)
     model.default_target_layer = "layer3"

@@ -1,4 +1,5 @@
-"""A small CIFAR-style residual CNN: 3 stages (32/64/128 ch), the last at input/4 resolution."""
+"""A small CIFAR-style residual CNN: 3 stages (w, 2w, 4w channels; w=16 by default), the last at
+input/4 resolution."""
 
 from __future__ import annotations
 
@@ -27,12 +28,12 @@ class BasicBlock(nn.Module):
 
 
 class SmallResNet(nn.Module):
-    """ResNet for 32×32 inputs: stem → layer1 (32 ch, 32×32) → layer2 (64, 16×16) → layer3 (128, 8×8).
+    """ResNet for 32×32 inputs: stem → layer1 (w ch, 32×32) → layer2 (2w, 16×16) → layer3 (4w, 8×8).
 
     Grad-CAM's default target is ``layer3`` (8×8 at 32×32 input, so maps are not degenerate).
     """
 
-    def __init__(self, num_classes: int = 10, width: int = 32, blocks: int = 1) -> None:
+    def __init__(self, num_classes: int = 10, width: int = 16, blocks: int = 1) -> None:
         super().__init__()
         w = width
         self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
