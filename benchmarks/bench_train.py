@@ -1,0 +1,141 @@
+"""Training throughput with each augmentation vs ``none``, side by side in one run (CPU).
+
+Three ways per augmentation, batch 128, default small model on the built-in shapes dataset:
+  batched   – auglens: whole batch augmented on the training device (per-sample parameters)
+  aug only  – the batched augmentation alone, to read its share of the step time
+  loader    – the usual torchvision way: a v2 transform per image inside a DataLoader
+              (num_workers=0, and 2 worker processes), then the same training step.
+Repetitions are interleaved across augmentations; medians are reported.
+
+    .venv/bin/python benchmarks/bench_train.py [--steps 20] [--reps 3] [--out benchmarks/results/train.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from auglens.augment import build_augmentation
+from auglens.augment.reference import reference_transform
+from auglens.data import build_shapes
+from auglens.models import build_model
+from auglens.train.trainer import make_optimizer, soft_cross_entropy
+from auglens.config import TrainConfig
+
+AUGS = ["none", "affine", "cutmix", "color_jitter", "elastic", "equalize", "gaussian_blur",
+        "random_crop"]
+BATCH = 128
+
+
+class PerSample(torch.utils.data.Dataset):
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.t = images, labels, transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.t(self.images[i].float() / 255), self.labels[i]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/train.md"))
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    data = build_shapes(n_train=BATCH * args.steps, n_val=10, n_test=10)
+    images, labels = data.train.images, data.train.labels
+    n_cls = data.num_classes
+    torch.manual_seed(0)
+    model = build_model("small_resnet", n_cls).to(memory_format=torch.channels_last).train()
+    opt = make_optimizer(model, TrainConfig())
+
+    def step(x, y):
+        x = data.normalize(x).contiguous(memory_format=torch.channels_last)
+        loss = soft_cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    batches = list(torch.arange(len(labels)).view(args.steps, BATCH))
+
+    def run_batched(name):
+        aug = build_augmentation([{"name": name}])
+        g = torch.Generator().manual_seed(0)
+        t_aug = 0.0
+        t0 = time.perf_counter()
+        for idx in batches:
+            x = images[idx].float() / 255
+            y = F.one_hot(labels[idx], n_cls).float()
+            ta = time.perf_counter()
+            x, y, _ = aug(x, y, g)
+            t_aug += time.perf_counter() - ta
+            step(x, y)
+        return (time.perf_counter() - t0) / args.steps, t_aug / args.steps
+
+    def run_loader(name, workers):
+        t = reference_transform(name)
+        mix = name == "cutmix"
+        ds = PerSample(images, labels, v2_identity() if mix else t)
+        dl = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=False, num_workers=workers,
+                                         persistent_workers=False)
+        t0 = time.perf_counter()
+        for x, lab in dl:
+            if mix:
+                x, y = t(x, lab)
+            else:
+                y = F.one_hot(lab, n_cls).float()
+            step(x, y)
+        return (time.perf_counter() - t0) / args.steps
+
+    res = {a: {"batched": [], "aug": [], "loader0": [], "loader2": []} for a in AUGS}
+    run_batched("none")  # warm-up
+    for rep in range(args.reps):
+        for a in AUGS:
+            s, ta = run_batched(a)
+            res[a]["batched"].append(s)
+            res[a]["aug"].append(ta)
+            res[a]["loader0"].append(run_loader(a, 0))
+            if rep == 0:  # worker start-up is costly; one pass is enough to read its level
+                res[a]["loader2"].append(run_loader(a, 2))
+        print(f"rep {rep + 1}/{args.reps} done", flush=True)
+
+    med = {a: {k: statistics.median(v) for k, v in r.items()} for a, r in res.items()}
+    base = med["none"]["batched"]
+    lines = [
+        f"Batch {BATCH}, {args.steps} steps × {args.reps} interleaved repetitions (medians), "
+        f"small_resnet, shapes 32×32, CPU, torch {torch.__version__}, {torch.get_num_threads()} threads.",
+        "",
+        "| augmentation | batched img/s | step ms | aug ms | aug share of step | vs none | "
+        "DataLoader img/s (0 workers) | (2 workers) | batched speed-up vs loader-0 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for a in AUGS:
+        m = med[a]
+        lines.append(
+            f"| {a} | {BATCH / m['batched']:.0f} | {1e3 * m['batched']:.1f} | {1e3 * m['aug']:.2f} | "
+            f"{100 * m['aug'] / m['batched']:.1f} % | {m['batched'] / base:.3f}× | "
+            f"{BATCH / m['loader0']:.0f} | {BATCH / m['loader2']:.0f} | "
+            f"{m['loader0'] / m['batched']:.2f}× |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+
+
+def v2_identity():
+    from torchvision.transforms import v2
+
+    return v2.Identity()
+
+
+if __name__ == "__main__":
+    main()

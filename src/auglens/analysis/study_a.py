@@ -1,0 +1,148 @@
+"""Study A analysis on the tidy similarity table (SPEC §3, "Aggregation").
+
+Input: ``similarity`` rows ``image_id, variant, seed, reference, target, metric, value`` where
+``reference`` is ``baseline`` (augmented model vs the baseline of the same seed) or
+``baseline_seed_<k>`` (the noise floor: baseline of one seed vs baseline of seed k).
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import squareform
+
+from .stats import bootstrap_ci
+
+NOISE_FLOOR = "noise_floor"
+
+
+def seed_average(similarity: pd.DataFrame) -> pd.DataFrame:
+    """Per image, the mean over seeds (and, for the noise floor, over seed pairs) of each metric.
+
+    Returns ``variant, target, metric, image_id, value, n_seeds``; the noise floor appears as
+    variant ``noise_floor``. NaNs are skipped in the mean (a mean of only NaNs stays NaN).
+    """
+    df = similarity.copy()
+    floor = df["reference"] != "baseline"
+    df.loc[floor, "variant"] = NOISE_FLOOR
+    g = df.groupby(["variant", "target", "metric", "image_id"], sort=False)["value"]
+    out = g.agg(value="mean", n_seeds="count").reset_index()
+    return out
+
+
+def summarize(per_image: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per variant, target and metric: mean, median, bootstrap 95 % CI of the mean, n, NaN count."""
+    rows = []
+    for (variant, target, metric), grp in per_image.groupby(
+        ["variant", "target", "metric"], sort=False
+    ):
+        v = grp["value"].to_numpy(np.float64)
+        lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=seed)
+        rows.append(
+            {
+                "variant": variant, "target": target, "metric": metric,
+                "mean": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan"),
+                "median": float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan"),
+                "ci_low": lo, "ci_high": hi,
+                "n_images": int(v.size), "n_nan": int(np.isnan(v).sum()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _wide(per_image: pd.DataFrame, metric: str, target: str) -> pd.DataFrame:
+    sub = per_image[(per_image.metric == metric) & (per_image.target == target)
+                    & (per_image.variant != NOISE_FLOOR)]
+    return sub.pivot(index="image_id", columns="variant", values="value")
+
+
+def correlations(per_image: pd.DataFrame, target: str = "predicted") -> pd.DataFrame:
+    """Per metric and method (pearson, spearman), the correlation across images of the
+    seed-averaged values of every two augmentations → ``metric, method, variant_a, variant_b, r,
+    n_images`` (both orders, diagonal included; images with NaN in either are left out)."""
+    rows = []
+    for metric in per_image.metric.unique():
+        wide = _wide(per_image, metric, target)
+        variants = list(wide.columns)
+        for method in ("pearson", "spearman"):
+            for a in variants:
+                for b in variants:
+                    pair = wide[[a, b]].dropna() if a != b else wide[[a]].dropna()
+                    if a == b:
+                        r = 1.0 if len(pair) > 1 else float("nan")
+                    else:
+                        x, y = pair[a].to_numpy(), pair[b].to_numpy()
+                        r = _corr(x, y, method)
+                    rows.append({"metric": metric, "method": method, "variant_a": a,
+                                 "variant_b": b, "r": r, "n_images": len(pair)})
+    return pd.DataFrame(rows)
+
+
+def _corr(x: np.ndarray, y: np.ndarray, method: str) -> float:
+    from scipy import stats
+
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    f = stats.pearsonr if method == "pearson" else stats.spearmanr
+    return float(f(x, y)[0])
+
+
+def pair_frequency(corr: pd.DataFrame, k: int = 4, method: str = "pearson") -> pd.DataFrame:
+    """For each metric, the k highest and k lowest off-diagonal pairs (unordered, by ``r``);
+    count per pair over metrics → ``variant_a, variant_b, top_count, bottom_count, n_metrics``
+    (ties at the cut are broken by pair name, so the table is deterministic)."""
+    sub = corr[(corr.method == method) & (corr.variant_a < corr.variant_b)].dropna(subset=["r"])
+    counts: dict[tuple[str, str], list[int]] = {}
+    metrics = list(sub.metric.unique())
+    for metric in metrics:
+        m = sub[sub.metric == metric].sort_values(["variant_a", "variant_b"])
+        for key in zip(m.variant_a, m.variant_b, strict=True):
+            counts.setdefault(key, [0, 0])
+        top = m.sort_values("r", ascending=False, kind="stable").head(k)
+        bottom = m.sort_values("r", ascending=True, kind="stable").head(k)
+        for a, b in zip(top.variant_a, top.variant_b, strict=True):
+            counts[(a, b)][0] += 1
+        for a, b in zip(bottom.variant_a, bottom.variant_b, strict=True):
+            counts[(a, b)][1] += 1
+    rows = [{"variant_a": a, "variant_b": b, "method": method, "k": k, "top_count": t,
+             "bottom_count": bo, "n_metrics": len(metrics)} for (a, b), (t, bo) in counts.items()]
+    cols = ["variant_a", "variant_b", "method", "k", "top_count", "bottom_count", "n_metrics"]
+    return pd.DataFrame(rows, columns=cols).sort_values(
+        ["top_count", "bottom_count"], ascending=[False, True], kind="stable"
+    ).reset_index(drop=True)
+
+
+def mean_correlation_matrix(corr: pd.DataFrame, method: str = "pearson") -> pd.DataFrame:
+    """Mean over metrics of the correlation matrices (NaNs skipped) → square DataFrame."""
+    sub = corr[corr.method == method]
+    return sub.pivot_table(index="variant_a", columns="variant_b", values="r", aggfunc="mean")
+
+
+def cluster(corr: pd.DataFrame, method: str = "pearson", n_clusters: int | None = None,
+            threshold: float = 0.5) -> tuple[pd.DataFrame, np.ndarray]:
+    """Average-linkage hierarchical clustering of augmentations on distance 1 − mean r.
+
+    Returns (``variant, cluster`` table, scipy linkage matrix). Clusters are cut at
+    ``n_clusters`` if given, else at distance ``threshold``.
+    """
+    mat = mean_correlation_matrix(corr, method)
+    names = list(mat.index)
+    if len(names) < 2:
+        return pd.DataFrame({"variant": names, "cluster": [1] * len(names)}), np.empty((0, 4))
+    d = 1 - mat.loc[names, names].to_numpy(np.float64)
+    d = np.nan_to_num((d + d.T) / 2, nan=1.0)
+    np.fill_diagonal(d, 0.0)
+    z = linkage(squareform(np.clip(d, 0, None), checks=False), method="average")
+    if n_clusters:
+        labels = fcluster(z, n_clusters, criterion="maxclust")
+    else:
+        labels = fcluster(z, threshold, criterion="distance")
+    return pd.DataFrame({"variant": names, "cluster": labels.astype(int)}), z
+
+
+def noise_floor_pairs(seeds: list[int]) -> list[tuple[int, int]]:
+    """Seed pairs (i, j), i < j, whose baselines are compared for the noise floor."""
+    return list(combinations(sorted(seeds), 2))
