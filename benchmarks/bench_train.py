@@ -7,7 +7,8 @@ Three ways per augmentation, batch 128, default small model on the built-in shap
               (num_workers=0, and 2 worker processes), then the same training step.
 Repetitions are interleaved across augmentations; medians are reported.
 
-    .venv/bin/python benchmarks/bench_train.py [--steps 20] [--reps 3] [--out benchmarks/results/train.md]
+    .venv/bin/python benchmarks/bench_train.py [--steps 20] [--reps 3] \
+        [--out benchmarks/results/train.md]
 """
 
 from __future__ import annotations
@@ -22,13 +23,21 @@ import torch.nn.functional as F
 
 from auglens.augment import build_augmentation
 from auglens.augment.reference import reference_transform
+from auglens.config import TrainConfig
 from auglens.data import build_shapes
 from auglens.models import build_model
 from auglens.train.trainer import make_optimizer, soft_cross_entropy
-from auglens.config import TrainConfig
 
-AUGS = ["none", "affine", "cutmix", "color_jitter", "elastic", "equalize", "gaussian_blur",
-        "random_crop"]
+AUGS = [
+    "none",
+    "affine",
+    "cutmix",
+    "color_jitter",
+    "elastic",
+    "equalize",
+    "gaussian_blur",
+    "random_crop",
+]
 BATCH = 128
 
 
@@ -84,8 +93,9 @@ def main() -> None:
         t = reference_transform(name)
         mix = name == "cutmix"
         ds = PerSample(images, labels, v2_identity() if mix else t)
-        dl = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=False, num_workers=workers,
-                                         persistent_workers=False)
+        dl = torch.utils.data.DataLoader(
+            ds, batch_size=BATCH, shuffle=False, num_workers=workers, persistent_workers=False
+        )
         t0 = time.perf_counter()
         for x, lab in dl:
             if mix:
@@ -111,7 +121,8 @@ def main() -> None:
     base = med["none"]["batched"]
     lines = [
         f"Batch {BATCH}, {args.steps} steps × {args.reps} interleaved repetitions (medians), "
-        f"small_resnet, shapes 32×32, CPU, torch {torch.__version__}, {torch.get_num_threads()} threads.",
+        f"small_resnet, shapes 32×32, CPU, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads.",
         "",
         "| augmentation | batched img/s | step ms | aug ms | aug share of step | vs none | "
         "DataLoader img/s (0 workers) | (2 workers) | batched speed-up vs loader-0 |",
@@ -120,7 +131,8 @@ def main() -> None:
     for a in AUGS:
         m = med[a]
         lines.append(
-            f"| {a} | {BATCH / m['batched']:.0f} | {1e3 * m['batched']:.1f} | {1e3 * m['aug']:.2f} | "
+            f"| {a} | {BATCH / m['batched']:.0f} | {1e3 * m['batched']:.1f} | "
+            f"{1e3 * m['aug']:.2f} | "
             f"{100 * m['aug'] / m['batched']:.1f} % | {m['batched'] / base:.3f}× | "
             f"{BATCH / m['loader0']:.0f} | {BATCH / m['loader2']:.0f} | "
             f"{m['loader0'] / m['batched']:.2f}× |"

@@ -41,8 +41,9 @@ def _sim_table():
             rows.append((img, "cutmix", seed, "baseline", "predicted", "mad", 2 * img))
         rows.append((img, "baseline", 0, "baseline_seed_1", "predicted", "mad", 0.1 * img))
     rows.append((4, "affine", 0, "baseline", "predicted", "mad", np.nan))
-    return pd.DataFrame(rows, columns=["image_id", "variant", "seed", "reference", "target",
-                                       "metric", "value"])
+    return pd.DataFrame(
+        rows, columns=["image_id", "variant", "seed", "reference", "target", "metric", "value"]
+    )
 
 
 def test_seed_average_and_summary():
@@ -60,17 +61,27 @@ def test_seed_average_and_summary():
 def test_correlations_equal_scipy_and_pair_frequency_by_hand():
     rng = np.random.default_rng(0)
     base = rng.normal(size=50)
-    vals = {"a": base, "b": base + 0.1 * rng.normal(size=50), "c": rng.normal(size=50),
-            "d": -base + 0.5 * rng.normal(size=50)}
-    rows = [(i, v, 0, "baseline", "predicted", m, x[i] * (1 if m == "m1" else 2))
-            for v, x in vals.items() for i in range(50) for m in ("m1", "m2")]
-    sim = pd.DataFrame(rows, columns=["image_id", "variant", "seed", "reference", "target",
-                                      "metric", "value"])
+    vals = {
+        "a": base,
+        "b": base + 0.1 * rng.normal(size=50),
+        "c": rng.normal(size=50),
+        "d": -base + 0.5 * rng.normal(size=50),
+    }
+    rows = [
+        (i, v, 0, "baseline", "predicted", m, x[i] * (1 if m == "m1" else 2))
+        for v, x in vals.items()
+        for i in range(50)
+        for m in ("m1", "m2")
+    ]
+    sim = pd.DataFrame(
+        rows, columns=["image_id", "variant", "seed", "reference", "target", "metric", "value"]
+    )
     corr = correlations(seed_average(sim))
     r = corr.set_index(["metric", "method", "variant_a", "variant_b"])["r"]
     assert r[("m1", "pearson", "a", "c")] == pytest.approx(stats.pearsonr(vals["a"], vals["c"])[0])
     assert r[("m2", "spearman", "b", "d")] == pytest.approx(
-        stats.spearmanr(vals["b"], vals["d"])[0])
+        stats.spearmanr(vals["b"], vals["d"])[0]
+    )
     assert r[("m1", "pearson", "c", "c")] == 1.0
     # pairs by r: (a,b) highest, (a,d),(b,d) lowest; with k=1 over two metrics
     pf = pair_frequency(corr, k=1).set_index(["variant_a", "variant_b"])

@@ -14,7 +14,9 @@ def test_defaults_validate_and_hash_is_stable():
 
 def test_set_parses_yaml_values_and_list_indices():
     raw = {"augment": [{"name": "affine"}]}
-    out = apply_overrides(raw, ["augment.0.degrees=30", "train.milestones=[2, 4]", "train.amp=true"])
+    out = apply_overrides(
+        raw, ["augment.0.degrees=30", "train.milestones=[2, 4]", "train.amp=true"]
+    )
     assert out["augment"][0]["degrees"] == 30
     assert out["train"] == {"milestones": [2, 4], "amp": True}
     cfg = load_config(CellConfig, {"augment": [{"name": "affine"}]}, ["augment.0.degrees=30"])
@@ -54,7 +56,10 @@ def test_experiment_grid_and_baseline_check():
     )
     cells = exp.cells()
     assert [(v, s) for v, s, _ in cells] == [
-        ("baseline", 0), ("affine", 0), ("baseline", 1), ("affine", 1)
+        ("baseline", 0),
+        ("affine", 0),
+        ("baseline", 1),
+        ("affine", 1),
     ]
     assert cells[0][2].augment == [] and cells[1][2].augment == [{"name": "affine"}]
     with pytest.raises(ConfigError, match="baseline variant 'baseline' is not among variants: a"):

@@ -8,8 +8,13 @@ from auglens.train import batch_order, train_cell
 from auglens.train.trainer import soft_cross_entropy, state_sha256
 
 TINY = [
-    "data.n_train=192", "data.n_val=64", "data.n_test=64",
-    "model.width=8", "train.epochs=2", "train.batch_size=64", "train.threads=1",
+    "data.n_train=192",
+    "data.n_val=64",
+    "data.n_test=64",
+    "model.width=8",
+    "train.epochs=2",
+    "train.batch_size=64",
+    "train.threads=1",
 ]
 
 
@@ -73,14 +78,23 @@ def test_soft_cross_entropy_equals_mixed_ce():
     ya, yb = torch.tensor([0, 1, 2, 3, 0, 1]), torch.tensor([1, 1, 0, 2, 3, 3])
     lam = torch.rand(6, generator=g)
     t = lam[:, None] * torch.eye(4)[ya] + (1 - lam[:, None]) * torch.eye(4)[yb]
-    ref = (lam * torch.nn.functional.cross_entropy(z, ya, reduction="none")
-           + (1 - lam) * torch.nn.functional.cross_entropy(z, yb, reduction="none")).mean()
+    ref = (
+        lam * torch.nn.functional.cross_entropy(z, ya, reduction="none")
+        + (1 - lam) * torch.nn.functional.cross_entropy(z, yb, reduction="none")
+    ).mean()
     assert torch.allclose(soft_cross_entropy(z, t), ref, atol=1e-6)
 
 
 def test_early_stopping_restores_best(tmp_path):
-    r = train_cell(tiny(extra=["train.epochs=4", "train.early_stopping_patience=1",
-                               ]), tmp_path).record
+    r = train_cell(
+        tiny(
+            extra=[
+                "train.epochs=4",
+                "train.early_stopping_patience=1",
+            ]
+        ),
+        tmp_path,
+    ).record
     accs = [h["val_accuracy"] for h in r["history"]]
     assert r["best_epoch"] == 1 + accs.index(max(accs))
 

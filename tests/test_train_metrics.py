@@ -23,7 +23,9 @@ def test_report_matches_loop():
     g = torch.Generator().manual_seed(0)
     k = 5
     target = torch.randint(0, k, (300,), generator=g)
-    pred = torch.where(torch.rand(300, generator=g) < 0.6, target, torch.randint(0, k, (300,), generator=g))
+    pred = torch.where(
+        torch.rand(300, generator=g) < 0.6, target, torch.randint(0, k, (300,), generator=g)
+    )
     pred[pred == 4] = 3  # class 4 never predicted: precision 0 by convention
     r = classification_report(pred, target, k)
     acc, p, rc, f1, per = _loop_report(pred, target, k)

@@ -158,10 +158,13 @@ class ExperimentConfig(_Strict):
     def _has_baseline(self) -> ExperimentConfig:
         if self.baseline not in self.variants:
             raise ValueError(
-                f"baseline variant '{self.baseline}' is not among variants: {', '.join(self.variants)}"
+                f"baseline variant '{self.baseline}' is not among variants: "
+                + ", ".join(self.variants)
             )
         if len(set(self.seeds)) != len(self.seeds) or not self.seeds:
-            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
+            raise ValueError(
+                f"seeds must be a non-empty list of distinct integers, got {self.seeds}"
+            )
         return self
 
     def cells(self) -> list[tuple[str, int, CellConfig]]:
@@ -240,7 +243,9 @@ def _format_validation_error(e: ValidationError, source: str) -> str:
             parent = err["loc"][:-1]
             msg += f"; valid fields here: {_valid_fields(e.title, parent)}"
         bad = err.get("input")
-        shown = "" if isinstance(bad, dict) or err["type"] == "extra_forbidden" else f" (got {bad!r})"
+        shown = (
+            "" if isinstance(bad, dict) or err["type"] == "extra_forbidden" else f" (got {bad!r})"
+        )
         lines.append(f"{source}: {loc or '<root>'}: {msg}{shown}")
     return "\n".join(lines)
 
@@ -257,9 +262,12 @@ def _valid_fields(title: str, loc: tuple) -> str:
 
 
 def load_config(
-    cls: type[BaseModel], raw: dict[str, Any] | None, overrides: list[str] = (), source: str = "config"
+    cls: type[BaseModel],
+    raw: dict[str, Any] | None,
+    overrides: list[str] = (),
+    source: str = "config",
 ) -> Any:
-    """Validate ``raw`` (+ overrides) as ``cls``; a ConfigError lists every problem with its path."""
+    """Validate ``raw`` (+ overrides) as ``cls``; a ConfigError lists each problem with its path."""
     import copy
 
     from .errors import AuglensError

@@ -1,4 +1,4 @@
-"""A tiny name → factory registry (timm-style) that gives CLI choices and error messages for free."""
+"""A tiny name → factory registry (timm-style): CLI choices and error messages for free."""
 
 from __future__ import annotations
 

@@ -33,7 +33,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise AuglensError(f"device '{name}' requested but CUDA is not available; use 'cpu' or 'auto'")
+        raise AuglensError(
+            f"device '{name}' requested but CUDA is not available; use 'cpu' or 'auto'"
+        )
     return torch.device(name)
 
 

@@ -43,19 +43,26 @@ def summarize(per_image: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.
         lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=seed)
         rows.append(
             {
-                "variant": variant, "target": target, "metric": metric,
+                "variant": variant,
+                "target": target,
+                "metric": metric,
                 "mean": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan"),
                 "median": float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan"),
-                "ci_low": lo, "ci_high": hi,
-                "n_images": int(v.size), "n_nan": int(np.isnan(v).sum()),
+                "ci_low": lo,
+                "ci_high": hi,
+                "n_images": int(v.size),
+                "n_nan": int(np.isnan(v).sum()),
             }
         )
     return pd.DataFrame(rows)
 
 
 def _wide(per_image: pd.DataFrame, metric: str, target: str) -> pd.DataFrame:
-    sub = per_image[(per_image.metric == metric) & (per_image.target == target)
-                    & (per_image.variant != NOISE_FLOOR)]
+    sub = per_image[
+        (per_image.metric == metric)
+        & (per_image.target == target)
+        & (per_image.variant != NOISE_FLOOR)
+    ]
     return sub.pivot(index="image_id", columns="variant", values="value")
 
 
@@ -76,8 +83,16 @@ def correlations(per_image: pd.DataFrame, target: str = "predicted") -> pd.DataF
                     else:
                         x, y = pair[a].to_numpy(), pair[b].to_numpy()
                         r = _corr(x, y, method)
-                    rows.append({"metric": metric, "method": method, "variant_a": a,
-                                 "variant_b": b, "r": r, "n_images": len(pair)})
+                    rows.append(
+                        {
+                            "metric": metric,
+                            "method": method,
+                            "variant_a": a,
+                            "variant_b": b,
+                            "r": r,
+                            "n_images": len(pair),
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -107,12 +122,24 @@ def pair_frequency(corr: pd.DataFrame, k: int = 4, method: str = "pearson") -> p
             counts[(a, b)][0] += 1
         for a, b in zip(bottom.variant_a, bottom.variant_b, strict=True):
             counts[(a, b)][1] += 1
-    rows = [{"variant_a": a, "variant_b": b, "method": method, "k": k, "top_count": t,
-             "bottom_count": bo, "n_metrics": len(metrics)} for (a, b), (t, bo) in counts.items()]
+    rows = [
+        {
+            "variant_a": a,
+            "variant_b": b,
+            "method": method,
+            "k": k,
+            "top_count": t,
+            "bottom_count": bo,
+            "n_metrics": len(metrics),
+        }
+        for (a, b), (t, bo) in counts.items()
+    ]
     cols = ["variant_a", "variant_b", "method", "k", "top_count", "bottom_count", "n_metrics"]
-    return pd.DataFrame(rows, columns=cols).sort_values(
-        ["top_count", "bottom_count"], ascending=[False, True], kind="stable"
-    ).reset_index(drop=True)
+    return (
+        pd.DataFrame(rows, columns=cols)
+        .sort_values(["top_count", "bottom_count"], ascending=[False, True], kind="stable")
+        .reset_index(drop=True)
+    )
 
 
 def mean_correlation_matrix(corr: pd.DataFrame, method: str = "pearson") -> pd.DataFrame:
@@ -121,8 +148,12 @@ def mean_correlation_matrix(corr: pd.DataFrame, method: str = "pearson") -> pd.D
     return sub.pivot_table(index="variant_a", columns="variant_b", values="r", aggfunc="mean")
 
 
-def cluster(corr: pd.DataFrame, method: str = "pearson", n_clusters: int | None = None,
-            threshold: float = 0.5) -> tuple[pd.DataFrame, np.ndarray]:
+def cluster(
+    corr: pd.DataFrame,
+    method: str = "pearson",
+    n_clusters: int | None = None,
+    threshold: float = 0.5,
+) -> tuple[pd.DataFrame, np.ndarray]:
     """Average-linkage hierarchical clustering of augmentations on distance 1 − mean r.
 
     Returns (``variant, cluster`` table, scipy linkage matrix). Clusters are cut at

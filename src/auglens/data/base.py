@@ -1,4 +1,4 @@
-"""The data contract every dataset loader returns: in-memory uint8 images plus optional ground truth."""
+"""The data contract every dataset loader returns: uint8 images plus optional ground truth."""
 
 from __future__ import annotations
 
@@ -39,7 +39,11 @@ class ImageSet:
             return None if t is None else t[idx]
 
         return ImageSet(
-            self.images[idx], self.labels[idx], take(self.masks), take(self.boxes), take(self.concepts)
+            self.images[idx],
+            self.labels[idx],
+            take(self.masks),
+            take(self.boxes),
+            take(self.concepts),
         )
 
 
@@ -47,8 +51,9 @@ class ImageSet:
 class Dataset:
     """Train/val/test splits with class names and the normalisation used by every model.
 
-    mean/std: per-channel floats for images scaled to [0, 1]. concept_names[i] / concept_categories[i]
-    describe global concept id i (id 0 is "unlabelled"); categories are from CONCEPT_CATEGORIES.
+    mean/std: per-channel floats for images scaled to [0, 1]. concept_names[i] /
+    concept_categories[i] describe global concept id i (id 0 is "unlabelled"); categories are
+    from CONCEPT_CATEGORIES.
     """
 
     name: str

@@ -1,6 +1,13 @@
 """Model registry: a small CIFAR-style ResNet (CPU default) and torchvision backbones."""
 
-from .registry import MODELS, build_model, default_target_layer, get_module, load_weights, save_weights
+from .registry import (
+    MODELS,
+    build_model,
+    default_target_layer,
+    get_module,
+    load_weights,
+    save_weights,
+)
 
 __all__ = [
     "MODELS",

@@ -57,7 +57,9 @@ def resnet50(num_classes: int, cifar_stem: bool = False) -> nn.Module:
 @MODELS.register("efficientnet_b0")
 def efficientnet_b0(num_classes: int, dropout: float = 0.2) -> nn.Module:
     """torchvision EfficientNet-B0 (Study A), random init; target ``features.8`` (last conv)."""
-    model = torchvision.models.efficientnet_b0(weights=None, num_classes=num_classes, dropout=dropout)
+    model = torchvision.models.efficientnet_b0(
+        weights=None, num_classes=num_classes, dropout=dropout
+    )
     model.default_target_layer = "features.8"
     return model
 
@@ -91,7 +93,9 @@ def build_model(
         model = factory(num_classes, **params)
     except TypeError as e:
         valid = ", ".join(MODELS.describe(name)["params"]) or "none"
-        raise AuglensError(f"bad parameter for model '{name}': {e}; valid parameters: {valid}") from e
+        raise AuglensError(
+            f"bad parameter for model '{name}': {e}; valid parameters: {valid}"
+        ) from e
     if input_size is not None:
         model = InputResize(model, input_size)
     if checkpoint is not None:

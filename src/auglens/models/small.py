@@ -36,7 +36,9 @@ class SmallResNet(nn.Module):
     def __init__(self, num_classes: int = 10, width: int = 16, blocks: int = 1) -> None:
         super().__init__()
         w = width
-        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()
+        )
         self.layer1 = self._stage(w, w, blocks, 1)
         self.layer2 = self._stage(w, 2 * w, blocks, 2)
         self.layer3 = self._stage(2 * w, 4 * w, blocks, 2)

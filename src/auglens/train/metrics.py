@@ -22,7 +22,9 @@ def classification_report(pred: Tensor, target: Tensor, num_classes: int) -> dic
     precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
     recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
     denom = precision + recall
-    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-300), torch.zeros_like(tp))
+    f1 = torch.where(
+        denom > 0, 2 * precision * recall / denom.clamp(min=1e-300), torch.zeros_like(tp)
+    )
     return {
         "accuracy": float(tp.sum() / cm.sum()),
         "precision": float(precision.mean()),

@@ -106,8 +106,9 @@ def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> 
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: Tensor, data: Dataset, batch_size: int, device: torch.device
-            ) -> Tensor:
+def predict(
+    model: nn.Module, images: Tensor, data: Dataset, batch_size: int, device: torch.device
+) -> Tensor:
     """Logits float32 (N, K) of uint8 images (N, 3, H, W), in eval mode."""
     was_training = model.training
     model.eval()
@@ -121,8 +122,9 @@ def predict(model: nn.Module, images: Tensor, data: Dataset, batch_size: int, de
     return torch.cat(out)
 
 
-def evaluate(model: nn.Module, split: ImageSet, data: Dataset, cfg: TrainConfig,
-             device: torch.device) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module, split: ImageSet, data: Dataset, cfg: TrainConfig, device: torch.device
+) -> dict[str, Any]:
     logits = predict(model, split.images, data, cfg.eval_batch_size, device)
     loss = F.cross_entropy(logits, split.labels).item()
     report = classification_report(logits.argmax(1), split.labels, data.num_classes)
@@ -150,7 +152,10 @@ def train_cell(
     with deterministic(tc.threads):
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         model = build_model(
-            cfg.model.name, data.num_classes, cfg.model.input_size, cfg.model.checkpoint,
+            cfg.model.name,
+            data.num_classes,
+            cfg.model.input_size,
+            cfg.model.checkpoint,
             **cfg.model.params(),
         )
         torch.manual_seed(derive_seed(cfg.seed, "dropout"))

@@ -1,0 +1,85 @@
+"""Study A end to end on a run directory: tables (Parquet) and plots (PNG).
+
+Writes ``tables/{similarity, similarity_seed_mean, summary_a, correlation, pair_frequency,
+clusters, target_ablation}.parquet`` and ``plots/{metric_boxplots, overlap_vs_y,
+correlation_heatmap, correlation_per_metric, cam_gallery}.png``. Columns: see docs/outputs.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..config import ExperimentConfig
+from ..explain.store import explanation_path, read_explanation
+from ..train.trainer import load_dataset
+from ..utils import atomic_path
+from . import plots
+from .compare import similarity_table, target_ablation_table
+from .study_a import cluster, correlations, pair_frequency, seed_average, summarize
+
+
+def write_table(df: pd.DataFrame, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+    return path
+
+
+def analyse_study_a(
+    exp: ExperimentConfig,
+    run_dir: str | Path,
+    method: str = "gradcam",
+    k: int = 4,
+    gallery_images: int = 6,
+    n_boot: int = 2000,
+) -> dict[str, Path]:
+    """Compare every augmentation with the baseline, aggregate, correlate, cluster, plot."""
+    run_dir = Path(run_dir)
+    tables, figs = run_dir / "tables", run_dir / "plots"
+    out: dict[str, Path] = {}
+    sim = similarity_table(exp, run_dir, method)
+    out["similarity"] = write_table(sim, tables / "similarity.parquet")
+    per_image = seed_average(sim)
+    out["similarity_seed_mean"] = write_table(per_image, tables / "similarity_seed_mean.parquet")
+    summary = summarize(per_image, n_boot=n_boot)
+    summary.insert(0, "method", method)
+    out["summary_a"] = write_table(summary, tables / "summary_a.parquet")
+    corr = correlations(per_image)
+    out["correlation"] = write_table(corr, tables / "correlation.parquet")
+    pf = pd.concat(
+        [pair_frequency(corr, k=k, method=m) for m in ("pearson", "spearman")], ignore_index=True
+    )
+    out["pair_frequency"] = write_table(pf, tables / "pair_frequency.parquet")
+    n_aug = corr.variant_a.nunique()
+    clusters, z = cluster(corr, n_clusters=min(3, n_aug) if n_aug > 2 else None)
+    out["clusters"] = write_table(clusters, tables / "clusters.parquet")
+    out["target_ablation"] = write_table(
+        target_ablation_table(exp, run_dir, method), tables / "target_ablation.parquet"
+    )
+
+    out["plot_boxplots"] = plots.metric_boxplots(per_image, figs / "metric_boxplots.png")
+    out["plot_overlap"] = plots.overlap_vs_y(summary, figs / "overlap_vs_y.png")
+    out["plot_corr"] = plots.correlation_heatmap(corr, z, figs / "correlation_heatmap.png")
+    out["plot_corr_metrics"] = plots.per_metric_heatmaps(corr, figs / "correlation_per_metric.png")
+    out["plot_gallery"] = _gallery(exp, run_dir, method, gallery_images, figs / "cam_gallery.png")
+    return out
+
+
+def gallery_ids(n_total: int, n: int) -> np.ndarray:
+    """A fixed, spread-out set of test image ids (the same for every run of the same size)."""
+    return np.unique(np.linspace(0, n_total - 1, num=min(n, n_total)).round().astype(int))
+
+
+def _gallery(exp: ExperimentConfig, run_dir: Path, method: str, n: int, path: Path) -> Path:
+    seed = exp.seeds[0]
+    maps = {}
+    for variant in exp.variants:
+        t, _ = read_explanation(explanation_path(run_dir, method, variant, seed))
+        maps[variant] = t["maps"].float().numpy()
+    ids = gallery_ids(len(next(iter(maps.values()))), n)
+    data = load_dataset(exp.cells()[0][2])
+    images = data.test.images[ids].numpy()
+    labels = [data.class_names[int(c)] for c in data.test.labels[ids]]
+    return plots.cam_gallery(images, {v: m[ids] for v, m in maps.items()}, labels, path)
