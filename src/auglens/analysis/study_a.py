@@ -26,6 +26,8 @@ def seed_average(similarity: pd.DataFrame) -> pd.DataFrame:
     variant ``noise_floor``. NaNs are skipped in the mean (a mean of only NaNs stays NaN).
     """
     df = similarity.copy()
+    for col in ("variant", "reference", "target", "metric"):
+        df[col] = df[col].astype(str)
     floor = df["reference"] != "baseline"
     df.loc[floor, "variant"] = NOISE_FLOOR
     g = df.groupby(["variant", "target", "metric", "image_id"], sort=False)["value"]
