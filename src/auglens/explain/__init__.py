@@ -1,0 +1,38 @@
+"""Attribution maps (SPEC §2): one registry of explainers on a thin, state-preserving base.
+
+    from auglens.explain import EXPLAINERS, explain_images
+    exp = EXPLAINERS.get("gradcam")(model)(x)          # Explanation: maps (B, h, w), logits, ...
+    exp = explain_images(model, images_uint8, data.normalize, method="gradcam")
+
+Maps are raw at the target layer's resolution; `upsample` (bilinear, align_corners=False) only
+when a metric needs input resolution.
+"""
+
+from .base import (
+    EXPLAINERS,
+    Explainer,
+    Explanation,
+    explain_images,
+    model_device,
+    preserved_state,
+    register_explainer,
+    resolve_targets,
+    upsample,
+)
+from .cam import GradCAM, GradCAMPlusPlus, GradientCAM, LayerCAM
+
+__all__ = [
+    "EXPLAINERS",
+    "Explainer",
+    "Explanation",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "GradientCAM",
+    "LayerCAM",
+    "explain_images",
+    "model_device",
+    "preserved_state",
+    "register_explainer",
+    "resolve_targets",
+    "upsample",
+]
