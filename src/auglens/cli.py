@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -146,36 +147,82 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from .train.grid import train_grid
-    from .utils import atomic_path, check_writable_dir, write_json
+    from .executors import make_executor
+    from .pipeline import Reporter, RunLock, make_plan, run_pipeline
+    from .progress import LogFile, RichReporter
+    from .utils import check_writable_dir
 
     exp = _load_experiment(args)
-    out = check_writable_dir(args.out or Path("runs") / exp.name)
-    write_json(out / "experiment.json", exp.model_dump(mode="json"))
-    cells = exp.cells()
-    print(
-        f"{exp.name}: {len(exp.variants)} variants × {len(exp.seeds)} seeds = {len(cells)} cells"
-        f" → {out}"
-    )
-
-    def on_cell(variant: str, seed: int, record: dict[str, Any], cached: bool) -> None:
-        how = "cached" if cached else f"{record['train_seconds']:.0f}s"
-        print(
-            f"  {variant:<16} seed {seed}: test accuracy {record['test']['accuracy']:.4f} ({how})",
-            flush=True,
-        )
-
-    rows = train_grid(exp, out, on_cell=on_cell)
-    table = pd.DataFrame(rows)
-    with atomic_path(out / "tables" / "performance.parquet") as tmp:
-        table.to_parquet(tmp, index=False)
-    summary = table.groupby("variant", sort=False)[["accuracy", "f1"]].agg(["mean", "std"])
-    print(summary.round(4).to_string())
-    _explain(exp, out, ("gradcam",), None)
-    _compare(exp, out, "gradcam")
+    out = args.out or Path("runs") / exp.name
+    methods = tuple(args.method or ["gradcam"])
+    force = set(args.force)
+    if args.dry_run:
+        cells = exp.cells()
+        print(f"{exp.name}: {len(exp.variants)} variants × {len(exp.seeds)} seeds = "
+              f"{len(cells)} cells → {out}")
+        for variant, spec in exp.variants.items():
+            desc = " + ".join(a["name"] for a in spec) or "(no augmentation)"
+            print(f"  {variant:<16} {desc}")
+        print("\n".join(make_plan(exp, out, methods, args.n_images, force).lines()))
+        return 0
+    check_writable_dir(out)
+    executor = make_executor(args.executor, args.workers, args.address, exp.train.threads)
+    log = LogFile(out / "run.log")
+    t0 = time.perf_counter()
+    with RunLock(out, wait=args.wait):
+        log(f"auglens run {exp.name} → {out} (executor {args.executor})")
+        try:
+            if args.quiet:
+                result = run_pipeline(exp, out, executor, methods, args.n_images, force,
+                                      Reporter(quiet=True, log=log))
+            else:
+                with RichReporter(log) as rep:
+                    rep.message(f"{exp.name}: {len(exp.variants)} variants × {len(exp.seeds)} "
+                                f"seeds → {out}")
+                    result = run_pipeline(exp, out, executor, methods, args.n_images, force, rep)
+        finally:
+            executor.close()
+        log(f"finished in {time.perf_counter() - t0:.0f}s")
+    if not args.quiet:
+        _print_summary(out, result, time.perf_counter() - t0)
     return 0
+
+
+def _print_summary(out: Path, result: dict[str, Any], seconds: float) -> None:
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+
+    perf = result["performance"]
+    acc = perf.groupby("variant", sort=False)["accuracy"].agg(["mean", "std"])
+    summary_path = out / "tables" / "summary_a.parquet"
+    summary = pd.read_parquet(summary_path) if summary_path.is_file() else None
+    table = Table(title=f"auglens run: {out}  ({seconds:.0f}s)")
+    table.add_column("variant")
+    table.add_column("accuracy ± sd", justify="right")
+    cols = ["spearman", "overlap@5", "overlap@20"]
+    for c in cols:
+        table.add_column(f"{c} [95% CI]", justify="right")
+    for variant, row in acc.iterrows():
+        cells = [f"{row['mean']:.4f} ± {0 if pd.isna(row['std']) else row['std']:.4f}"]
+        for c in cols:
+            cells.append(_ci_cell(summary, variant, c))
+        table.add_row(variant, *cells)
+    if summary is not None:
+        table.add_row("noise floor", "", *[_ci_cell(summary, "noise_floor", c) for c in cols])
+    Console().print(table)
+    print(f"tables: {out / 'tables'}   plots: {out / 'plots'}   log: {out / 'run.log'}")
+
+
+def _ci_cell(summary, variant: str, metric: str) -> str:
+    if summary is None:
+        return ""
+    r = summary[(summary.variant == variant) & (summary.metric == metric)
+                & (summary.target == "predicted")]
+    if r.empty:
+        return "—"
+    r = r.iloc[0]
+    return f"{r['mean']:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,6 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", default="quick", help=f"one of: {', '.join(PRESETS)}")
     s.add_argument("--out", type=Path, default=None, help="run directory (default runs/<name>)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--method", action="append", default=None,
+                   help="explainer (repeatable; default gradcam)")
+    s.add_argument("--n-images", type=int, default=None, help="explain the first N test images")
+    s.add_argument("--force", action="append", default=[], metavar="STAGE",
+                   help="recompute a stage: train, explain or compare (repeatable)")
+    s.add_argument("--dry-run", action="store_true", help="print the grid and what is cached")
+    s.add_argument("--executor", default="local", help="local (default) or ray")
+    s.add_argument("--workers", type=int, default=1, help="local worker processes")
+    s.add_argument("--address", default=None, help="Ray cluster address (default: start one)")
+    s.add_argument("--wait", action="store_true", help="wait if another run holds the directory")
+    s.add_argument("--quiet", action="store_true", help="no progress output (see run.log)")
     s.set_defaults(func=cmd_run)
     return p
 

@@ -37,7 +37,8 @@ def analyse_study_a(
 ) -> dict[str, Path]:
     """Compare every augmentation with the baseline, aggregate, correlate, cluster, plot."""
     run_dir = Path(run_dir)
-    tables, figs = run_dir / "tables", run_dir / "plots"
+    sub = "" if method == "gradcam" else method  # other methods: tables/<method>/, plots/<method>/
+    tables, figs = run_dir / "tables" / sub, run_dir / "plots" / sub
     out: dict[str, Path] = {}
     sim = similarity_table(exp, run_dir, method)
     out["similarity"] = write_table(sim, tables / "similarity.parquet")

@@ -65,6 +65,62 @@ def read_explanation(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str
         raise AuglensError(f"corrupt explanation file {path}: {e}") from e
 
 
+def explain_cell(
+    cfg: CellConfig,
+    run_dir: str | Path,
+    variant: str,
+    seed: int,
+    method: str = "gradcam",
+    n_images: int | None = None,
+    batch_size: int = 500,
+    device: str = "auto",
+    force: bool = False,
+) -> tuple[Path, bool]:
+    """Explain the first ``n_images`` test images (all if None) with one trained cell.
+
+    Maps are for the predicted class, and for the ground-truth class from the same pass.
+    Returns (file, cached); a file whose key matches is reused unless ``force``.
+    """
+    from safetensors.torch import save_file
+
+    cdir = cell_dir(run_dir, variant, seed)
+    if not cell_done(cdir, cfg):
+        raise AuglensError(f"cell {variant}/seed{seed} is not trained yet ({cdir}); "
+                           "run `auglens run` or `auglens train` first")
+    weights_sha = json.loads((cdir / RECORD).read_text())["weights_sha256"]
+    data = load_dataset(cfg)
+    test = data.test
+    n = len(test) if n_images is None else min(n_images, len(test))
+    layer = cfg.model.target_layer
+    key = _key(cfg, weights_sha, method, layer, n)
+    path = explanation_path(run_dir, method, variant, seed)
+    if path.is_file() and not force:
+        try:
+            if read_explanation(path)[1].get("key") == key:
+                return path, True
+        except AuglensError:
+            pass  # corrupt: recompute
+    dev = resolve_device(device)
+    model = load_cell_model(cdir, cfg, data.num_classes).to(dev)
+    ex = explain_images(model, test.images[:n], data.normalize, method=method,
+                        target_layer=layer, batch_size=batch_size, device=dev,
+                        ground_truth=test.labels[:n])
+    tensors = {
+        "maps": ex.maps.to(torch.float16).contiguous(),
+        "maps_gt": ex.maps_gt.to(torch.float16).contiguous(),
+        "logits": ex.logits.float().contiguous(),
+        "targets": ex.targets.long().contiguous(),
+        "labels": test.labels[:n].long().contiguous(),
+        "image_ids": torch.arange(n, dtype=torch.long),
+    }
+    meta = {"key": key, "method": method, "layer": ex.layer, "variant": variant,
+            "seed": str(seed), "weights_sha256": weights_sha, "split": "test",
+            "storage": "float16 raw maps at feature resolution"}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path, False
+
+
 def explain_grid(
     exp: ExperimentConfig,
     run_dir: str | Path,
@@ -73,77 +129,18 @@ def explain_grid(
     batch_size: int = 500,
     device: str = "auto",
     on_done: Callable[[str, str, int, bool], None] | None = None,
+    force: bool = False,
 ) -> list[Path]:
-    """Explain the first ``n_images`` test images (all if None) with every finished cell.
-
-    Maps are for the predicted class, and for the ground-truth class from the same pass.
-    ``on_done(method, variant, seed, cached)`` is called per file.
-    """
-    from safetensors.torch import save_file
-
-    dev = resolve_device(device)
+    """``explain_cell`` for every cell and method, in this process; ``on_done(method, variant,
+    seed, cached)`` is called per file."""
     out = []
     for variant, seed, cfg in exp.cells():
-        cdir = cell_dir(run_dir, variant, seed)
-        if not cell_done(cdir, cfg):
-            raise AuglensError(
-                f"cell {variant}/seed{seed} is not trained yet ({cdir}); "
-                "run `auglens run` or `auglens train` first"
-            )
-        weights_sha = json.loads((cdir / RECORD).read_text())["weights_sha256"]
-        data = load_dataset(cfg)
-        test = data.test
-        n = len(test) if n_images is None else min(n_images, len(test))
-        model = None
         for method in methods:
-            layer = cfg.model.target_layer
-            key = _key(cfg, weights_sha, method, layer, n)
-            path = explanation_path(run_dir, method, variant, seed)
-            if path.is_file():
-                try:
-                    _, meta = read_explanation(path)
-                    if meta.get("key") == key:
-                        out.append(path)
-                        if on_done:
-                            on_done(method, variant, seed, True)
-                        continue
-                except AuglensError:
-                    pass  # corrupt: recompute
-            if model is None:
-                model = load_cell_model(cdir, cfg, data.num_classes).to(dev)
-            ex = explain_images(
-                model,
-                test.images[:n],
-                data.normalize,
-                method=method,
-                target_layer=layer,
-                batch_size=batch_size,
-                device=dev,
-                ground_truth=test.labels[:n],
-            )
-            tensors = {
-                "maps": ex.maps.to(torch.float16).contiguous(),
-                "maps_gt": ex.maps_gt.to(torch.float16).contiguous(),
-                "logits": ex.logits.float().contiguous(),
-                "targets": ex.targets.long().contiguous(),
-                "labels": test.labels[:n].long().contiguous(),
-                "image_ids": torch.arange(n, dtype=torch.long),
-            }
-            meta = {
-                "key": key,
-                "method": method,
-                "layer": ex.layer,
-                "variant": variant,
-                "seed": str(seed),
-                "weights_sha256": weights_sha,
-                "split": "test",
-                "storage": "float16 raw maps at feature resolution",
-            }
-            with atomic_path(path) as tmp:
-                save_file(tensors, str(tmp), metadata=meta)
+            path, cached = explain_cell(cfg, run_dir, variant, seed, method, n_images,
+                                        batch_size, device, force)
             out.append(path)
             if on_done:
-                on_done(method, variant, seed, False)
+                on_done(method, variant, seed, cached)
     return out
 
 

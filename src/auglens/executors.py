@@ -1,0 +1,110 @@
+"""Where grid tasks run: in this process, in local worker processes, or as Ray tasks.
+
+A task is a module-level function plus picklable arguments; every task writes its own outputs into
+the run directory atomically (a shared filesystem is assumed for a Ray cluster), so executors only
+differ in where the function runs. ``map`` yields results as tasks finish.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
+
+from .errors import AuglensError
+
+EXECUTORS = ("local", "ray")
+
+
+def _threads_for(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def _call(fn: Callable[..., Any], args: tuple, threads: int) -> Any:
+    import torch
+
+    torch.set_num_threads(threads)
+    return fn(*args)
+
+
+class Executor:
+    """Runs ``fn(*args)`` for each args tuple; yields ``(index, result)`` as tasks finish."""
+
+    def map(self, fn: Callable[..., Any], tasks: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release workers or cluster connections."""
+
+
+class LocalExecutor(Executor):
+    """``workers`` = 1: in this process, in order. More: a spawn-based process pool, each worker
+    with ``cpu_count // workers`` torch threads."""
+
+    def __init__(self, workers: int = 1) -> None:
+        if workers < 1:
+            raise AuglensError(f"--workers must be >= 1, got {workers}")
+        self.workers = workers
+
+    def map(self, fn: Callable[..., Any], tasks: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
+        if self.workers == 1 or len(tasks) <= 1:
+            for i, args in enumerate(tasks):
+                yield i, fn(*args)
+            return
+        import multiprocessing as mp
+
+        threads = _threads_for(self.workers)
+        with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(_call, fn, args, threads): i for i, args in enumerate(tasks)}
+            for fut in as_completed(futures):
+                yield futures[fut], fut.result()
+
+
+class RayExecutor(Executor):
+    """Each task is a Ray task declaring ``num_cpus`` (and ``num_gpus`` when CUDA is wanted).
+    ``address`` None starts a local Ray instance; otherwise connects to an existing cluster."""
+
+    def __init__(self, address: str | None = None, num_cpus: int = 1, num_gpus: float = 0,
+                 init_kwargs: dict | None = None) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise AuglensError(
+                "the Ray executor needs Ray: pip install 'auglens[ray]'"
+            ) from None
+        self.ray = ray
+        self.num_cpus, self.num_gpus = num_cpus, num_gpus
+        self._owns = False
+        if not ray.is_initialized():
+            kwargs = dict(init_kwargs or {})
+            if address:
+                kwargs["address"] = address
+            ray.init(**kwargs, log_to_driver=False, include_dashboard=False)
+            self._owns = True
+
+    def map(self, fn: Callable[..., Any], tasks: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
+        remote = self.ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus)(_call)
+        refs = {remote.remote(fn, args, self.num_cpus): i for i, args in enumerate(tasks)}
+        pending = list(refs)
+        while pending:
+            done, pending = self.ray.wait(pending, num_returns=1)
+            for ref in done:
+                yield refs[ref], self.ray.get(ref)
+
+    def close(self) -> None:
+        if self._owns:
+            self.ray.shutdown()
+
+
+def make_executor(name: str = "local", workers: int = 1, address: str | None = None,
+                  threads: int | None = None) -> Executor:
+    """Executor by name; unknown names list the valid ones."""
+    if name == "local":
+        return LocalExecutor(workers)
+    if name == "ray":
+        import torch
+
+        gpus = 1 if torch.cuda.is_available() else 0
+        return RayExecutor(address, num_cpus=threads or 1, num_gpus=gpus)
+    raise AuglensError(f"unknown executor '{name}'; valid executors: {', '.join(EXECUTORS)}")

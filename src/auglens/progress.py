@@ -1,0 +1,72 @@
+"""Rich progress bars (elapsed / remaining time) and the run log file for the pipeline."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from .pipeline import Reporter
+
+
+class LogFile:
+    """Appends time-stamped lines to ``RUN/run.log`` (opened per line: safe across crashes)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, text: str) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+
+class RichReporter(Reporter):
+    """One progress bar per stage; messages printed above the bars and written to the log."""
+
+    def __init__(self, log: LogFile, console: Console | None = None) -> None:
+        super().__init__(quiet=False, log=log)
+        self.console = console or Console(stderr=False)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            TextColumn("{task.fields[note]}"), console=self.console, transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> RichReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def message(self, text: str) -> None:
+        self._log(text)
+        self.progress.console.print(text)
+
+    def stage(self, name: str, total: int, cached: int) -> None:
+        self._log(f"[{name}] {total} tasks, {cached} cached")
+        self.tasks[name] = self.progress.add_task(name, total=total, completed=cached, note="")
+
+    def advance(self, name: str, text: str) -> None:
+        self._log(f"[{name}] {text}")
+        if name in self.tasks:
+            self.progress.update(self.tasks[name], advance=1, note=text[:60])
+        else:
+            self.progress.console.print(f"[{name}] {text}")
+
+    def done(self, name: str) -> None:
+        if name in self.tasks:
+            t = self.tasks[name]
+            self.progress.update(t, completed=self.progress.tasks[t].total, note="done")
