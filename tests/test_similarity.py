@@ -237,14 +237,32 @@ def test_fast_sort_path_equals_torch_stable_sort() -> None:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_torch_and_numpy_tie_ranks_agree(case: str) -> None:
     from auglens.metrics.similarity import (
+        MapContext,
+        _centred_corr,
         _twice_centred_tie_positions_np,
         _twice_centred_tie_positions_torch,
     )
 
-    a, _ = CASES[case]
+    a, b = CASES[case]
     sv = torch.sort(a.reshape(a.shape[0], -1).double(), dim=1, descending=True)[0]
     want = _twice_centred_tie_positions_np(sv.numpy())
     np.testing.assert_array_equal(_twice_centred_tie_positions_torch(sv).numpy(), want)
+    # the device-agnostic Spearman path (used off the CPU) equals the CPU Σ-form path
+    ctx = MapContext(a, b)
+    ra = _twice_centred_tie_positions_torch(ctx.sorted_a[0])
+    rb = _twice_centred_tie_positions_torch(ctx.sorted_b[0])
+    generic = _centred_corr(ra, rb.gather(1, ctx.b_pos_of_a), ctx.constant)
+    torch.testing.assert_close(generic, spearman(a, b), equal_nan=True, rtol=0, atol=1e-14)
+
+
+def test_thread_settings_restored_and_workers_agree() -> None:
+    a, b = CASES["relu"]
+    before = torch.get_num_threads()
+    one = compare_maps(a, b, block_pairs=2, workers=1)
+    two = compare_maps(a, b, block_pairs=2, workers=2)
+    assert torch.get_num_threads() == before
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], equal_nan=True, rtol=0, atol=0)
 
 
 def test_requires_grad_inputs() -> None:

@@ -30,13 +30,18 @@ Conventions (binding for everything in this module):
   pair at 8×8 and ≈0.3 s at 32×32 (POT), so it is opt-in: not in :data:`DEFAULT_METRICS`.
 
 Implementation: :func:`compare_maps` validates the batch once (per-map min/max, which also finds
-NaN/inf and constant maps), then works block by block (< 32 768 pixels per block, blocks spread
-over ``workers`` threads). Per block, one min-max normalisation serves MAD/MSD/Pearson/SSIM and one
-stable descending sort per map serves Spearman's tie-aware ranks and every top-Y set.
+NaN/inf and constant maps), then works block by block (≈ 131 K pixels per block on the CPU, run
+with torch's intra-op threads at 1 and spread over a pool of ``workers`` threads, since many small
+OpenMP regions stall badly on shared cores). Per block, one min-max normalisation serves
+MAD/MSD/Pearson/SSIM and one stable descending sort per map serves Spearman's tie-aware ranks and
+every top-Y set; the sort of float32 maps is numpy's SIMD sort of composite integer keys
+(:func:`_sort_desc`). While a CPU batch runs, ``torch.get_num_threads()`` reads 1 (restored after).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import re
 import threading
@@ -326,23 +331,55 @@ def _twice_centred_tie_positions_torch(sv: Tensor) -> Tensor:
     return torch.sub(first, n - 1).to(torch.float64)
 
 
-def _twice_centred_tie_positions_np(sv: np.ndarray) -> np.ndarray:
-    """CPU version of :func:`_twice_centred_tie_positions`: a run-length encoding of the tie
-    groups (one pass to find group starts, then each group's value repeated over its length);
-    single-threaded, no per-op thread-pool overhead."""
+class _TieGroups(NamedTuple):
+    """Run-length encoding of the tie groups of sorted rows (N, n), groups in flat order."""
+
+    starts: np.ndarray  # (G,) flat index of each group's first element
+    sizes: np.ndarray  # (G,) group lengths
+    twice: np.ndarray  # (G,) float64: 2 · (mean position in the row − (n − 1)/2), an integer
+    rows: np.ndarray  # (G,) row of each group
+
+
+def _tie_groups_np(sv: np.ndarray) -> _TieGroups:
+    """Tie groups of rows sorted along axis 1: one pass to find where the value changes."""
     N, n = sv.shape
     new = np.empty((N, n), dtype=bool)
     new[:, 0] = True  # every row starts a group
     np.not_equal(sv[:, 1:], sv[:, :-1], out=new[:, 1:])
-    starts = np.flatnonzero(new)  # flat index of each group's first element
+    starts = np.flatnonzero(new)
     sizes = np.empty_like(starts)
     np.subtract(starts[1:], starts[:-1], out=sizes[:-1])
     sizes[-1] = N * n - starts[-1]
+    rows = starts // n
     # 2 · (mean flat position − row·n − (n−1)/2) = 2·first + size − 1 − 2·row·n − (n − 1)
     twice = starts * 2 + sizes
     twice -= n
-    twice -= (starts // n) * (2 * n)
-    return np.repeat(twice.astype(np.float64), sizes).reshape(N, n)
+    twice -= rows * (2 * n)
+    return _TieGroups(starts, sizes, twice.astype(np.float64), rows)
+
+
+def _twice_centred_tie_positions_np(sv: np.ndarray) -> np.ndarray:
+    """CPU version of :func:`_twice_centred_tie_positions`: each tie group's value repeated over
+    its length (numpy: single-threaded, no per-op thread-pool overhead)."""
+    g = _tie_groups_np(sv)
+    return np.repeat(g.twice, g.sizes).reshape(sv.shape)
+
+
+def _spearman_cpu(keys_a: Tensor, keys_b: Tensor, b_pos_of_a: Tensor) -> Tensor:
+    """Σ-form Spearman on the CPU: ρ = Σ ra·rb / √(Σ ra² · Σ rb²) with doubled centred average
+    ranks, where sums over a's tie groups replace expanding a's ranks (exact integer sums)."""
+    N, n = keys_a.shape
+    gb = _tie_groups_np(keys_b.numpy())
+    rb = np.repeat(gb.twice, gb.sizes).reshape(N, n)  # b's ranks in b's order
+    z = np.take_along_axis(rb, b_pos_of_a.numpy(), axis=1)  # b's rank of a's j-th pixel
+    ga = _tie_groups_np(keys_a.numpy())
+    seg = np.add.reduceat(z.reshape(-1), ga.starts)  # Σ of b's ranks over each group of a
+    cross = np.bincount(ga.rows, weights=ga.twice * seg, minlength=N)
+    ssa = np.bincount(ga.rows, weights=ga.sizes * ga.twice**2, minlength=N)
+    ssb = np.bincount(gb.rows, weights=gb.sizes * gb.twice**2, minlength=N)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = cross / np.sqrt(ssa * ssb)
+    return torch.from_numpy(np.clip(rho, -1.0, 1.0))
 
 
 def average_ranks(m: Tensor) -> Tensor:
@@ -525,6 +562,9 @@ def _metric_spearman(ctx: MapContext) -> Tensor:
     """Spearman rho (average ranks for ties); NaN where either map is constant."""
     if ctx.n_pairs == 0:
         return torch.zeros(0, dtype=torch.float64, device=ctx.device)
+    if ctx.device.type == "cpu" and ctx.n_pixels > 1:
+        rho = _spearman_cpu(ctx.sorted_a[0], ctx.sorted_b[0], ctx.b_pos_of_a)
+        return rho.masked_fill_(ctx.constant, math.nan)
     # ρ is scale-invariant: correlate the doubled (integer-valued) centred average ranks
     ra = _twice_centred_tie_positions(ctx.sorted_a[0])  # in a's order
     rb = _twice_centred_tie_positions(ctx.sorted_b[0])  # in b's order
@@ -877,18 +917,27 @@ def _block_pairs(n_pixels: int, block_pairs: int | None, device: torch.device) -
     return block_pairs
 
 
+_THREADS_LOCK = threading.Lock()
+_THREADS_STATE = {"depth": 0, "saved": 0}
+
+
 @contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Set torch's intra-op thread count for the duration of the block (restored after)."""
-    old = torch.get_num_threads()
-    if old == n:
-        yield
-        return
-    torch.set_num_threads(n)
+def _single_threaded_torch() -> Iterator[None]:
+    """Set torch's intra-op threads to 1 while inside (re-entrant across threads: the first to
+    enter saves the old count, the last to leave restores it)."""
+    with _THREADS_LOCK:
+        if _THREADS_STATE["depth"] == 0:
+            _THREADS_STATE["saved"] = torch.get_num_threads()
+            if _THREADS_STATE["saved"] != 1:
+                torch.set_num_threads(1)
+        _THREADS_STATE["depth"] += 1
     try:
         yield
     finally:
-        torch.set_num_threads(old)
+        with _THREADS_LOCK:
+            _THREADS_STATE["depth"] -= 1
+            if _THREADS_STATE["depth"] == 0 and _THREADS_STATE["saved"] != 1:
+                torch.set_num_threads(_THREADS_STATE["saved"])
 
 
 def _run(
@@ -935,7 +984,7 @@ def _run(
     else:
         # Blocks are small: torch's own OpenMP threads would only add barriers (pathological
         # when the cores are shared), so blocks run single-threaded, spread over a thread pool.
-        with _torch_threads(1):
+        with _single_threaded_torch():
             if n_workers == 1 or len(starts) == 1:
                 blocks = [block(s) for s in starts]
             else:
@@ -994,7 +1043,7 @@ def compare_maps(
 
     ``a`` other model's maps, ``b`` baseline maps, (N, h, w) or (N, n). One min-max normalisation
     serves MAD/MSD/Pearson/SSIM; one stable descending sort per map serves Spearman and every top-Y
-    threshold. The batch is processed in blocks of ``block_pairs`` pairs (default: < 32 768 pixels
+    threshold. The batch is processed in blocks of ``block_pairs`` pairs (default: ≈ 131 K pixels
     per block, so intermediates stay in cache) spread over ``workers`` threads (default:
     ``torch.get_num_threads()``). ``class_kld`` needs ``a_logits``/``b_logits`` (N, K). Unknown
     names raise :class:`AuglensError` listing the valid ones.
@@ -1002,6 +1051,21 @@ def compare_maps(
     resolved = resolve_metrics(metrics, ys)
     maps = _validate_maps(a, b)
     return _run(resolved, maps, a_logits, b_logits, logits_kind, emd_backend, block_pairs, workers)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+
+
+def _release_free_memory() -> None:
+    """Return freed heap memory to the OS (glibc ``malloc_trim(0)``); no-op without glibc."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def count_nans(results: dict[str, Tensor]) -> dict[str, int]:
@@ -1016,6 +1080,10 @@ class MapComparison:
     :func:`compare_maps`), so working memory is bounded by the chunk itself. Per-image results are
     kept on the CPU as float64 (8 bytes per pair and metric). NaNs (e.g. constant maps) are kept in
     place and counted by :meth:`nan_counts`.
+
+    ``trim_memory`` (default True): after each update, hand freed heap memory back to the OS
+    (glibc ``malloc_trim``; a no-op elsewhere). Without it, glibc's per-thread arenas keep the
+    freed block intermediates and resident memory creeps up by a few MB per chunk.
     """
 
     def __init__(
@@ -1027,6 +1095,7 @@ class MapComparison:
         emd_backend: EmdBackend = "auto",
         block_pairs: int | None = None,
         workers: int | None = None,
+        trim_memory: bool = True,
     ) -> None:
         self._resolved = resolve_metrics(metrics, ys)
         self.names = [name for name, _ in self._resolved]
@@ -1034,6 +1103,7 @@ class MapComparison:
         self.emd_backend: EmdBackend = emd_backend
         self.block_pairs = block_pairs
         self.workers = workers
+        self.trim_memory = trim_memory
         self.reset()
 
     def reset(self) -> None:
@@ -1061,6 +1131,9 @@ class MapComparison:
         for name, v in out.items():
             self._values[name].append(v.detach().to("cpu", torch.float64))
         self.n_pairs += maps.a.shape[0]
+        del maps, out
+        if self.trim_memory:
+            _release_free_memory()
 
     def compute(self) -> dict[str, Tensor]:
         """{name: (pairs so far,) float64 CPU tensor}, in update order."""
