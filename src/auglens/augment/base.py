@@ -10,6 +10,7 @@ augmentation randomness is independent of batch order and model initialisation (
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -61,6 +62,11 @@ class Augmentation:
         self, images: Tensor, targets: Tensor, generator: torch.Generator
     ) -> tuple[Tensor, Tensor, AugLog]:
         raise NotImplementedError
+
+    def set_dataset_stats(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Hook for the trainer: the dataset's per-channel mean and std of images in [0, 1], i.e.
+        the normalisation applied after augmentation. Default: ignored (``Compose`` forwards it;
+        ``cutout`` with ``fill="mean"`` needs it)."""
 
     def draw_apply_mask(self, batch: int, generator: torch.Generator) -> Tensor:
         """bool (B,) on CPU: which samples get the augmentation (probability ``p``)."""

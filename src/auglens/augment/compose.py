@@ -57,6 +57,11 @@ class Compose(Augmentation):
             log.update({f"{prefix}.{k}": v for k, v in sub.items()})
         return images, targets, log
 
+    def set_dataset_stats(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Forward the dataset statistics to every member."""
+        for aug in self.augmentations:
+            aug.set_dataset_stats(mean, std)
+
     def __repr__(self) -> str:
         return f"Compose({self.augmentations!r})"
 

@@ -2,12 +2,13 @@
 
 ``reference_transform(name, **params)`` validates ``params`` exactly like ``build_augmentation``
 and returns the DataLoader-style transform doing the same thing to one float (3, H, W) image at a
-time (``cutmix``: to a batch ``(images, targets)``). Known differences from the batched versions:
-``color_jitter`` — torchvision applies the four adjustments in a random order per call (ours is
-fixed: brightness, contrast, saturation, hue); ``elastic`` — torchvision errors on images too small
-for its smoothing kernel (ours caps the radius); ``cutmix`` — one λ and box per batch, ``p`` is per
-batch, and ``label_mixing=False`` has no torchvision equivalent (ConfigError). Affine and elastic
-use ``fill=None`` so that borders match our plain zero-padding ``grid_sample``.
+time (``cutmix``, ``mixup``: to a batch ``(images, targets)``). Known differences from the batched
+versions: ``color_jitter`` — torchvision applies the four adjustments in a random order per call
+(ours is fixed: brightness, contrast, saturation, hue); ``elastic`` — torchvision errors on images
+too small for its smoothing kernel (ours caps the radius); ``cutmix`` and ``mixup`` — one λ (and
+box) per batch, ``p`` is per batch, and ``label_mixing=False`` has no torchvision equivalent
+(ConfigError). ``cutout`` and ``saliencymix`` have none at all. Affine and elastic use
+``fill=None`` so that borders match our plain zero-padding ``grid_sample``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torchvision.transforms import v2
 from ..errors import ConfigError
 from .compose import build_augmentation
 from .geometric import Affine, Elastic, RandomCrop
-from .mixing import CutMix
+from .mixing import CutMix, Mixup
 from .photometric import ColorJitter, GaussianBlur
 
 
@@ -46,8 +47,9 @@ def _maybe(t: Any, p: float) -> Any:
 def reference_transform(name: str, **params: Any) -> Any:
     """torchvision v2 transform equivalent to ``build_augmentation([{"name": name, **params}])``.
 
-    Per-image (3, H, W) float in [0, 1] except ``cutmix`` (batch ``(images (B, 3, H, W), targets
-    (B, K))``). ``p < 1`` wraps in ``v2.RandomApply`` (``equalize`` uses ``RandomEqualize(p)``).
+    Per-image (3, H, W) float in [0, 1] except ``cutmix`` and ``mixup`` (batch ``(images (B, 3,
+    H, W), targets (B, K))``). ``p < 1`` wraps in ``v2.RandomApply`` (``equalize`` uses
+    ``RandomEqualize(p)``).
     """
     aug = build_augmentation([{"name": name, **params}])
     p = aug.p
@@ -86,4 +88,8 @@ def reference_transform(name: str, **params: Any) -> Any:
         if not aug.label_mixing:
             raise ConfigError("cutmix: label_mixing=False has no torchvision reference transform")
         return _maybe(v2.CutMix(alpha=aug.alpha), p)
+    if isinstance(aug, Mixup):
+        if not aug.label_mixing:
+            raise ConfigError("mixup: label_mixing=False has no torchvision reference transform")
+        return _maybe(v2.MixUp(alpha=aug.alpha), p)
     raise ConfigError(f"no reference transform for augmentation '{name}'")
