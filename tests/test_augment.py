@@ -22,7 +22,7 @@ from auglens.errors import AuglensError, ConfigError
 ALL = AUGMENTATIONS.names()
 EXPECTED = {
     "none", "affine", "cutmix", "color_jitter", "elastic", "equalize", "gaussian_blur",
-    "random_crop",
+    "random_crop", "cutout", "mixup", "saliencymix",
 }
 BILINEAR = TF.InterpolationMode.BILINEAR
 B, K = 12, 5
@@ -42,7 +42,9 @@ def run(aug: Augmentation, images: torch.Tensor, targets: torch.Tensor, seed: in
 def make(name: str, **params) -> Augmentation:
     if name == "equalize":
         params.setdefault("p", 1.0)
-    return build_augmentation([{"name": name, **params}])
+    aug = build_augmentation([{"name": name, **params}])
+    aug.set_dataset_stats((0.5,) * 3, (0.25,) * 3)
+    return aug
 
 
 # ---------------------------------------------------------------- registry, contract, errors

@@ -163,6 +163,7 @@ def train_cell(
         model = model.to(device).to(memory_format=torch.channels_last)
         order_hash = hashlib.sha256()
         augment = build_augmentation(cfg.augment)
+        augment.set_dataset_stats(data.mean, data.std)
         aug_gen = make_generator(cfg.seed, "augment")
         opt = make_optimizer(model, tc)
         base_lrs = [g["lr"] for g in opt.param_groups]
