@@ -477,7 +477,7 @@ def test_beta_sampler_moments():
 # ---------------------------------------------------------------- reference transforms
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(EXPECTED - {"cutout", "saliencymix", "mixup"}))
 def test_reference_transforms_run(name):
     images, targets = batch(b=4, h=32, w=32)
     ref = reference_transform(name, **({"p": 1.0} if name == "equalize" else {}))
