@@ -33,9 +33,11 @@ def write_exp(path: Path, **changes) -> Path:
 
 
 def mtimes(run: Path) -> dict[str, int]:
-    return {str(p.relative_to(run)): p.stat().st_mtime_ns
-            for p in sorted(run.glob("cells/*/*/weights.safetensors"))
-            + sorted(run.glob("explanations/*/*/*.safetensors"))}
+    return {
+        str(p.relative_to(run)): p.stat().st_mtime_ns
+        for p in sorted(run.glob("cells/*/*/weights.safetensors"))
+        + sorted(run.glob("explanations/*/*/*.safetensors"))
+    }
 
 
 def tables(run: Path) -> dict[str, pd.DataFrame]:
@@ -86,7 +88,8 @@ def test_changing_one_augmentation_retrains_only_its_cells(reference, tmp_path):
     after = mtimes(run)
     changed = {k for k in before if before[k] != after[k]}
     assert changed == {
-        "cells/affine/seed0/weights.safetensors", "cells/affine/seed1/weights.safetensors",
+        "cells/affine/seed0/weights.safetensors",
+        "cells/affine/seed1/weights.safetensors",
         "explanations/gradcam/affine/seed0.safetensors",
         "explanations/gradcam/affine/seed1.safetensors",
     }
@@ -116,7 +119,8 @@ def test_bad_force_and_set_keys(reference, capsys):
     exp = reference.parent / "exp.yaml"
     assert main(["run", str(exp), "--out", str(reference), "--force", "trian", "--quiet"]) == 2
     assert "unknown stage 'trian' for --force; valid stages: train, explain, compare" in (
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )
     assert main(["run", str(exp), "--out", str(reference), "--set", "train.epoch=2"]) == 2
     assert "train.epoch: unknown field" in capsys.readouterr().err
     assert main(["run", "--preset", "nope"]) == 2
@@ -145,11 +149,14 @@ def test_kill_and_resume_gives_identical_tables(reference, tmp_path, stage):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "auglens.cli", "run", str(exp), "--out", str(run), "--quiet"]
     if stage == "train":
+
         def ready():
             return len(list(run.glob("cells/*/*/record.json"))) >= 2
     else:
+
         def ready():
             return len(list(run.glob("explanations/gradcam/*/*.safetensors"))) >= 2
+
     _kill_when(cmd, ready)
     assert not (run / "tables" / "similarity.parquet").exists()
     leftovers = [p for p in run.rglob("*") if p.name.endswith(".tmp")]
@@ -176,13 +183,14 @@ def test_ray_executor_equals_local(reference, tmp_path):
         ex.close()
     for rec in (reference / "cells").glob("*/*/record.json"):
         other = tmp_path / "run" / rec.relative_to(reference)
-        assert json.loads(rec.read_text())["weights_sha256"] == json.loads(
-            other.read_text())["weights_sha256"]
+        assert (
+            json.loads(rec.read_text())["weights_sha256"]
+            == json.loads(other.read_text())["weights_sha256"]
+        )
     assert_same_tables(reference, tmp_path / "run")
 
 
 def test_local_worker_processes_equal_in_process(reference, tmp_path):
     exp = reference.parent / "exp.yaml"
-    assert main(["run", str(exp), "--out", str(tmp_path / "run"), "--workers", "2",
-                 "--quiet"]) == 0
+    assert main(["run", str(exp), "--out", str(tmp_path / "run"), "--workers", "2", "--quiet"]) == 0
     assert_same_tables(reference, tmp_path / "run")

@@ -136,9 +136,11 @@ def test_spurious_cue_in_train_only(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, pattern",
-    [({"image_size": 8}, "image_size must be an integer in \\[16, 512\\]"),
-     ({"n_train": 0}, "n_train must be an integer"),
-     ({"spurious_strength": 1.5}, "spurious_strength must be a number in \\[0, 1\\]")],
+    [
+        ({"image_size": 8}, "image_size must be an integer in \\[16, 512\\]"),
+        ({"n_train": 0}, "n_train must be an integer"),
+        ({"spurious_strength": 1.5}, "spurious_strength must be a number in \\[0, 1\\]"),
+    ],
 )
 def test_bad_parameters_name_the_field(kwargs, pattern):
     with pytest.raises(ConfigError, match=pattern):

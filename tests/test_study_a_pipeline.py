@@ -20,7 +20,11 @@ TINY = {
     "model": {"name": "small_resnet", "width": 8},
     "train": {"epochs": 1, "batch_size": 64, "threads": 1},
     "seeds": [0, 1],
-    "variants": {"baseline": [], "affine": [{"name": "affine"}], "blur": [{"name": "gaussian_blur"}]},
+    "variants": {
+        "baseline": [],
+        "affine": [{"name": "affine"}],
+        "blur": [{"name": "gaussian_blur"}],
+    },
 }
 
 
@@ -37,16 +41,35 @@ def run(tmp_path_factory):
 
 def test_every_table_and_plot_is_written(run):
     exp, out, paths = run
-    for name in ("similarity", "similarity_seed_mean", "summary_a", "correlation",
-                 "pair_frequency", "clusters", "target_ablation"):
+    for name in (
+        "similarity",
+        "similarity_seed_mean",
+        "summary_a",
+        "correlation",
+        "pair_frequency",
+        "clusters",
+        "target_ablation",
+    ):
         assert (out / "tables" / f"{name}.parquet").is_file(), name
-    for name in ("metric_boxplots", "overlap_vs_y", "correlation_heatmap",
-                 "correlation_per_metric", "cam_gallery"):
+    for name in (
+        "metric_boxplots",
+        "overlap_vs_y",
+        "correlation_heatmap",
+        "correlation_per_metric",
+        "cam_gallery",
+    ):
         p = out / "plots" / f"{name}.png"
         assert p.is_file() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     sim = pd.read_parquet(paths["similarity"])
-    assert list(sim.columns) == ["image_id", "variant", "seed", "reference", "target", "metric",
-                                 "value"]
+    assert list(sim.columns) == [
+        "image_id",
+        "variant",
+        "seed",
+        "reference",
+        "target",
+        "metric",
+        "value",
+    ]
     assert set(sim.reference) == {"baseline", "baseline_seed_1"}
     # 2 augmentations × 2 seeds + 1 noise-floor pair, × 2 targets, × 48 images per metric
     assert (sim.metric == "pearson").sum() == (2 * 2 + 1) * 2 * 48
@@ -69,10 +92,18 @@ def test_similarity_values_equal_direct_computation(run):
         assert got["class_kld"] == pytest.approx(stats.entropy(pb, pa), abs=1e-9)
     # the seed-mean table averages the two seeds
     per = pd.read_parquet(paths["similarity_seed_mean"])
-    both = sim[(sim.variant == "affine") & (sim.target == "predicted") & (sim.metric == "mad")
-               & (sim.image_id == 5)]["value"].mean()
-    got = per[(per.variant == "affine") & (per.target == "predicted") & (per.metric == "mad")
-              & (per.image_id == 5)]["value"].item()
+    both = sim[
+        (sim.variant == "affine")
+        & (sim.target == "predicted")
+        & (sim.metric == "mad")
+        & (sim.image_id == 5)
+    ]["value"].mean()
+    got = per[
+        (per.variant == "affine")
+        & (per.target == "predicted")
+        & (per.metric == "mad")
+        & (per.image_id == 5)
+    ]["value"].item()
     assert got == pytest.approx(both)
 
 
@@ -80,16 +111,27 @@ def test_noise_floor_and_summary(run):
     exp, out, paths = run
     summary = pd.read_parquet(paths["summary_a"])
     assert {"noise_floor", "affine", "blur"} <= set(summary.variant)
-    row = summary[(summary.variant == "affine") & (summary.metric == "overlap@10")
-                  & (summary.target == "predicted")].iloc[0]
+    row = summary[
+        (summary.variant == "affine")
+        & (summary.metric == "overlap@10")
+        & (summary.target == "predicted")
+    ].iloc[0]
     assert row.ci_low <= row["mean"] <= row.ci_high
     assert row.n_images == 48
     corr = pd.read_parquet(paths["correlation"])
     assert set(corr.method) == {"pearson", "spearman"}
-    ab = corr[(corr.metric == "mad") & (corr.method == "pearson") & (corr.variant_a == "affine")
-              & (corr.variant_b == "blur")]["r"].item()
-    ba = corr[(corr.metric == "mad") & (corr.method == "pearson") & (corr.variant_a == "blur")
-              & (corr.variant_b == "affine")]["r"].item()
+    ab = corr[
+        (corr.metric == "mad")
+        & (corr.method == "pearson")
+        & (corr.variant_a == "affine")
+        & (corr.variant_b == "blur")
+    ]["r"].item()
+    ba = corr[
+        (corr.metric == "mad")
+        & (corr.method == "pearson")
+        & (corr.variant_a == "blur")
+        & (corr.variant_b == "affine")
+    ]["r"].item()
     assert ab == pytest.approx(ba)
 
 
