@@ -75,7 +75,7 @@ class ModelConfig(_WithParams):
 class TrainConfig(_Strict):
     """Optimisation. ``epochs``/``milestones`` in epochs; lr schedules step once per batch."""
 
-    epochs: int = Field(default=8, ge=1)
+    epochs: int = Field(default=6, ge=1)
     batch_size: int = Field(default=128, ge=2)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(default=0.1, gt=0)
