@@ -99,7 +99,7 @@ def main() -> None:
         t0 = time.perf_counter()
         for x, lab in dl:
             if mix:
-                x, y = t(x, lab)
+                x, y = t(x, F.one_hot(lab, n_cls).float())
             else:
                 y = F.one_hot(lab, n_cls).float()
             step(x, y)
