@@ -1,5 +1,12 @@
 """Metrics comparing attribution maps of two models, image by image (SPEC §3)."""
 
+from .dissection import (
+    DissectionResult,
+    dissect,
+    dissect_cached,
+    load_dissection,
+    save_dissection,
+)
 from .similarity import (
     CLASS_KLD_DIRECTION,
     DEFAULT_METRICS,
@@ -26,6 +33,11 @@ from .similarity import (
 )
 
 __all__ = [
+    "DissectionResult",
+    "dissect",
+    "dissect_cached",
+    "load_dissection",
+    "save_dissection",
     "CLASS_KLD_DIRECTION",
     "DEFAULT_METRICS",
     "METRICS",
