@@ -34,12 +34,16 @@ def _parse_augment(text: str) -> list[dict[str, Any]]:
 def cmd_list(args: argparse.Namespace) -> int:
     from .augment import AUGMENTATIONS
     from .data import DATASETS
+    from .explain import EXPLAINERS
+    from .metrics import METRICS
     from .models import MODELS
 
     for title, reg in (
         ("datasets", DATASETS),
         ("models", MODELS),
         ("augmentations", AUGMENTATIONS),
+        ("explainers", EXPLAINERS),
+        ("metrics", METRICS),
     ):
         print(f"{title}:")
         for name in reg.names():

@@ -57,7 +57,7 @@ class Registry(Generic[T]):
         params = {
             p.name: (None if p.default is inspect.Parameter.empty else p.default)
             for p in inspect.signature(target).parameters.values()
-            if p.name not in ("self", "cfg", "num_classes", "kwargs")
+            if p.name not in ("self", "cfg", "num_classes", "kwargs", "ctx", "model")
             and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
         }
         doc = (inspect.getdoc(obj) or "").split("\n")[0]

@@ -15,10 +15,26 @@ import pandas as pd
 from ..config import ExperimentConfig
 from ..explain.store import explanation_path, read_explanation
 from ..train.trainer import load_dataset
-from ..utils import atomic_path
+from ..metrics import CLASS_KLD_DIRECTION
+from ..utils import atomic_path, write_json
 from . import plots
 from .compare import similarity_table, target_ablation_table
 from .study_a import cluster, correlations, pair_frequency, seed_average, summarize
+
+
+#: Conventions every Study A table depends on (written next to the tables).
+CONVENTIONS = {
+    "map_resolution": "feature resolution of the target layer (as stored; no upsampling)",
+    "stored_maps": "raw (never normalised), float16",
+    "mad_msd_ssim_normalisation": "per-map min-max to [0, 1]; a constant map becomes all zeros",
+    "spearman_ties": "average ranks (scipy.stats.spearmanr)",
+    "overlap_top_set": "ceil(Y% * n) highest pixels; ties broken by stable sort on pixel index",
+    "class_kld": CLASS_KLD_DIRECTION,
+    "a_vs_b": "a = augmented (or other-seed) model, b = reference (baseline of the same seed)",
+    "seed_aggregation": "per image, mean over seeds (noise floor: over seed pairs)",
+    "ci": "percentile bootstrap 95 % of the mean over images, 2000 resamples, seed 0",
+    "nan": "constant maps give NaN for pearson/spearman; kept and counted (summary n_nan)",
+}
 
 
 def write_table(df: pd.DataFrame, path: Path) -> Path:
@@ -40,6 +56,7 @@ def analyse_study_a(
     sub = "" if method == "gradcam" else method  # other methods: tables/<method>/, plots/<method>/
     tables, figs = run_dir / "tables" / sub, run_dir / "plots" / sub
     out: dict[str, Path] = {}
+    write_json(tables / "conventions_a.json", CONVENTIONS | {"method": method})
     sim = similarity_table(exp, run_dir, method)
     out["similarity"] = write_table(sim, tables / "similarity.parquet")
     per_image = seed_average(sim)

@@ -23,7 +23,8 @@ Conventions
   neither object nor clutter. Clutter pixels are unlabelled (0) in every layer.
 * Splits use independent seeds (``[seed, split, chunk]``), in fixed chunks of 1000 scenes, so
   changing one split's size leaves the other splits unchanged and keeps the first images of a
-  split unchanged (images ``[:n]`` are the same for every size ``>= n``).
+  split unchanged (images ``[:n]`` are the same for every size ``>= n``). Classes are balanced:
+  images ``[10*i : 10*i + 10]`` of a split hold each class exactly once.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from ..errors import ConfigError
 from .base import DATASETS, Dataset, ImageSet
 
 #: Bump when the generated images change for the same parameters (invalidates caches).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 #: Side of the base canvas on which all geometry is defined (pixels).
 BASE_SIZE = 32
 
@@ -147,7 +148,7 @@ def shape_inside(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         px, py = rad * np.cos(phi), rad * np.sin(phi)
         ax, bx, by = 0.98, 0.42 * math.cos(sector / 2), 0.42 * math.sin(sector / 2)
         # inside = same side of the edge A=(ax, 0) -> B=(bx, by) as the origin
-        return (bx - ax) * py - by * (px - ax) <= 0
+        return (bx - ax) * py - by * (px - ax) >= 0
     if name == "plus":
         return ((au <= 0.28) & (av <= 0.95)) | ((av <= 0.28) & (au <= 0.95))
     if name == "crescent":
@@ -214,7 +215,8 @@ def _sample_chunk(seed: int, split: int, chunk: int, spurious_strength: float) -
     rng = np.random.default_rng([seed, split, chunk, 0])
     n, k = _CHUNK, _MAX_CLUTTER
     n_cls, n_col, n_tex = len(SHAPES), len(OBJECT_COLORS), len(TEXTURES)
-    labels = (rng.permutation(n) % n_cls).astype(np.int64)
+    labels = rng.permuted(np.tile(np.arange(n_cls, dtype=np.int64), (n // n_cls, 1)), axis=1)
+    labels = labels.ravel()  # each block of 10 consecutive scenes holds every class once
     color = rng.integers(0, n_col, n)
     random_tex = rng.integers(0, n_tex, n)
     cue = rng.random(n) < spurious_strength

@@ -20,16 +20,21 @@ from .base import (
     upsample,
 )
 from .cam import GradCAM, GradCAMPlusPlus, GradientCAM, LayerCAM
+from .iba import IBA, Estimator, IBAEstimator, fit_estimator
 
 __all__ = [
     "EXPLAINERS",
+    "Estimator",
     "Explainer",
     "Explanation",
     "GradCAM",
     "GradCAMPlusPlus",
     "GradientCAM",
+    "IBA",
+    "IBAEstimator",
     "LayerCAM",
     "explain_images",
+    "fit_estimator",
     "model_device",
     "preserved_state",
     "register_explainer",

@@ -1,11 +1,30 @@
-"""Metrics comparing attribution maps of two models, image by image (SPEC §3)."""
+"""Metrics comparing attribution maps of two models, image by image (SPEC §3); human alignment
+(SPEC §4, :mod:`.alignment`) and faithfulness (SPEC §5, :mod:`.faithfulness`) of a model's maps."""
 
+from .alignment import (
+    alignment_scores,
+    box_fraction,
+    boxes_to_mask,
+    common_image_set,
+    effective_heat_ratio,
+    energy_pointing_game,
+    filter_images,
+)
 from .dissection import (
     DissectionResult,
     dissect,
     dissect_cached,
     load_dissection,
     save_dissection,
+)
+from .faithfulness import (
+    FaithfulnessCurves,
+    ScoreSummary,
+    auc,
+    deletion_insertion_curves,
+    faithfulness_scores,
+    random_orders,
+    summarize_scores,
 )
 from .similarity import (
     CLASS_KLD_DIRECTION,
@@ -41,9 +60,23 @@ __all__ = [
     "CLASS_KLD_DIRECTION",
     "DEFAULT_METRICS",
     "METRICS",
+    "FaithfulnessCurves",
     "MapComparison",
     "MapContext",
+    "ScoreSummary",
+    "alignment_scores",
+    "auc",
     "average_ranks",
+    "box_fraction",
+    "boxes_to_mask",
+    "common_image_set",
+    "deletion_insertion_curves",
+    "effective_heat_ratio",
+    "energy_pointing_game",
+    "faithfulness_scores",
+    "filter_images",
+    "random_orders",
+    "summarize_scores",
     "center_of_mass_shift",
     "class_kld",
     "compare_maps",
