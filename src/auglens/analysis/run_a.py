@@ -14,13 +14,12 @@ import pandas as pd
 
 from ..config import ExperimentConfig
 from ..explain.store import explanation_path, read_explanation
-from ..train.trainer import load_dataset
 from ..metrics import CLASS_KLD_DIRECTION
+from ..train.trainer import load_dataset
 from ..utils import atomic_path, write_json
 from . import plots
 from .compare import similarity_table, target_ablation_table
 from .study_a import cluster, correlations, pair_frequency, seed_average, summarize
-
 
 #: Conventions every Study A table depends on (written next to the tables).
 CONVENTIONS = {
