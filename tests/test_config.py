@@ -6,7 +6,7 @@ from auglens.errors import AuglensError, ConfigError
 
 def test_defaults_validate_and_hash_is_stable():
     a = load_config(CellConfig, {})
-    b = load_config(CellConfig, {"train": {"epochs": 8}})
+    b = load_config(CellConfig, {"train": {"epochs": 6}})
     assert a.content_hash() == b.content_hash()
     c = load_config(CellConfig, {}, ["train.epochs=2"])
     assert c.train.epochs == 2 and c.content_hash() != a.content_hash()
