@@ -1,0 +1,229 @@
+"""Study B section: human alignment, deletion/insertion faithfulness, robustness-corrected
+scores, label-mixing pairs and Network Dissection detectors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+
+from . import figures
+from .gallery import METHOD_NAMES
+from .html import Section, ci_cell, path_png
+from .load import Run
+
+ALIGNMENT = ["energy_pointing_game", "effective_heat_ratio"]
+AUCS = ["auc_deletion_morf", "auc_deletion_lerf", "auc_deletion_random",
+        "auc_insertion_morf", "auc_insertion_lerf", "auc_insertion_random"]
+SCORES = ["delta_del", "delta_ins", "lerf_morf_del", "lerf_morf_ins"]
+MIXING_METRICS = ALIGNMENT + SCORES
+TABLES = [f"tables/{n}.parquet" for n in ("summary_b", "alignment_counts", "curves",
+                                          "dissection_summary", "dissection")]
+PLOTS = [f"plots/{n}.png" for n in ("alignment", "deletion_insertion_curves",
+                                    "faithfulness_scores", "label_mixing", "dissection_detectors")]
+
+
+def _wide(summary: pd.DataFrame, metrics: list[str], order: list[str]) -> pd.DataFrame:
+    """(method, variant) rows × metric columns of ``mean [CI]``."""
+    sub = summary[summary.metric.isin(metrics)]
+    cols = [m for m in metrics if (sub.metric == m).any()]
+    rank = {v: i for i, v in enumerate(order)}
+    rows = []
+    for (method, variant), g in sub.groupby(["method", "variant"], sort=False):
+        g = g.set_index("metric")
+        row: dict[str, object] = {"method": method, "variant": variant}
+        for m in cols:
+            row[m] = ci_cell(g.loc[m, "mean"], g.loc[m, "ci_low"], g.loc[m, "ci_high"]) \
+                if m in g.index else None
+        row["n_images"] = int(g.n_images.max())
+        row["NaN values"] = int(g.n_nan.sum())
+        rows.append(row)
+    rows.sort(key=lambda r: (str(r["method"]) != "gradcam", str(r["method"]),
+                             rank.get(r["variant"], len(rank))))
+    return pd.DataFrame(rows)
+
+
+def _plot(sec: Section, run: Run, name: str, caption: str,
+          fallback: Callable[[], bytes] | None) -> None:
+    rel = f"plots/{name}.png"
+    png = path_png(run.path(rel))
+    if png is not None:
+        sec.figure(png, caption, rel)
+    elif fallback is not None:
+        sec.figure(fallback(), caption, f"drawn by the report: {rel} is missing")
+    else:
+        sec.miss(run.reason(rel))
+
+
+def _best(summary: pd.DataFrame, metric: str, method: str, higher: bool) -> str:
+    m = summary[(summary.metric == metric) & (summary.method == method)].dropna(subset=["mean"])
+    if m.empty:
+        return ""
+    r = m.loc[m["mean"].idxmax() if higher else m["mean"].idxmin()]
+    return f"{r.variant} ({r['mean']:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}])"
+
+
+def _vs_baseline(summary: pd.DataFrame, metric: str, method: str, base: str) -> str:
+    r = summary[(summary.metric == metric) & (summary.method == method)
+                & (summary.variant == base)]
+    return f"; the baseline has {r['mean'].iloc[0]:.3f}" if len(r) else ""
+
+
+def study_b_section(run: Run) -> Section:
+    """All Study B parts; each says which table is missing when it cannot be shown."""
+    sec = Section("study-b", "Study B: interpretability of each model")
+    present = [rel for rel in TABLES + PLOTS if run.path(rel).is_file()]
+    if not present:
+        sec.miss(run.reason("tables/summary_b.parquet") + " (alignment and faithfulness)")
+        sec.miss(run.reason("tables/dissection_summary.parquet") + " (Network Dissection)")
+        sec.reading = ("Study B (alignment with the object, deletion/insertion faithfulness, "
+                       "label-mixing pairs, Network Dissection) has not been run for this run "
+                       "directory, so there is nothing to show yet.")
+        return sec
+    summary = run.table("tables/summary_b.parquet")
+    order = run.variants
+    method = "gradcam"
+    if summary is not None and len(summary) and not (summary.method == method).any():
+        method = str(summary.method.iloc[0])
+    mname, base = METHOD_NAMES.get(method, method), run.baseline
+    readings = []
+
+    sec.sub("Alignment with the object")
+    if summary is None:
+        sec.miss(run.reason("tables/summary_b.parquet"))
+    else:
+        sec.table(_wide(summary, ALIGNMENT, order), "Energy Pointing Game (share of map energy "
+                  "inside the object box) and Effective Heat Ratio, mean over images (averaged "
+                  "over seeds) with bootstrap 95 % CI", table_id="alignment-table")
+        best = _best(summary, "energy_pointing_game", method, True)
+        if best:
+            readings.append(f"With {mname}, {best} puts the largest share of its map on the "
+                            "object (Energy Pointing Game)"
+                            + _vs_baseline(summary, "energy_pointing_game", method, base) + ".")
+    counts = run.table("tables/alignment_counts.parquet")
+    if counts is None:
+        sec.miss(run.reason("tables/alignment_counts.parquet"))
+    else:
+        c = counts.copy()
+        c["% kept"] = 100.0 * c.n_kept / c.n_images.where(c.n_images > 0)
+        sec.table(c, "Images kept by the alignment filters (box ≤ 33 % of the image, target "
+                  "probability ≥ 0.6) per model", collapsed=True)
+    _plot(sec, run, "alignment", "Alignment scores per variant with 95 % CI",
+          None if summary is None else
+          lambda: figures.ci_bars(summary, ALIGNMENT, "Alignment (mean, 95 % CI)", order))
+
+    sec.sub("Deletion and insertion curves")
+    curves = run.table("tables/curves.parquet")
+    if curves is None:
+        sec.miss(run.reason("tables/curves.parquet"))
+    _plot(sec, run, "deletion_insertion_curves", "Target-class probability as pixels are "
+          "deleted (or inserted) in order of relevance (MoRF), irrelevance (LeRF) or at random",
+          None if curves is None or curves.empty else lambda: figures.curves(curves))
+    if summary is not None:
+        sec.table(_wide(summary, AUCS, order), "Areas under the curves (deletion: lower MoRF = "
+                  "more faithful; insertion: higher MoRF = more faithful)", collapsed=True)
+
+    sec.sub("Robustness-corrected faithfulness")
+    if summary is None:
+        sec.miss(run.reason("tables/summary_b.parquet"))
+    else:
+        sec.table(_wide(summary, SCORES, order), "delta_del = AUC_del(random) − AUC_del(MoRF), "
+                  "delta_ins = AUC_ins(MoRF) − AUC_ins(random), lerf_morf_* = the same against "
+                  "LeRF; higher = the map's ordering matters more than the model's tolerance "
+                  "of occlusion", table_id="faithfulness-table")
+        best = _best(summary, "delta_del", method, True)
+        if best:
+            readings.append(f"The most faithful {mname} maps by the robustness-corrected "
+                            f"deletion score are those of {best}"
+                            + _vs_baseline(summary, "delta_del", method, base) + ".")
+    _plot(sec, run, "faithfulness_scores", "Robustness-corrected scores with 95 % CI",
+          None if summary is None else
+          lambda: figures.ci_bars(summary, SCORES, "Robustness-corrected scores (95 % CI)",
+                                          order))
+
+    sec.sub("Label-mixing pairs")
+    if summary is None:
+        sec.miss(run.reason("tables/summary_b.parquet"))
+    else:
+        pairs = _mixing_pairs(summary)
+        if pairs is None:
+            sec.miss("summary_b.parquet has no family with both a label-mixing and a "
+                     "non-mixing variant (columns family, label_mixing)")
+        else:
+            sec.table(pairs, "Each family's variant with label mixing next to the one without "
+                      "(difference = with − without)", table_id="mixing-table")
+            r = pairs[(pairs.metric == "delta_del")].head(1)
+            if len(r):
+                r = r.iloc[0]
+                readings.append(f"Label mixing changes {r.family}'s delta_del by "
+                                f"{r.difference:+.3f} ({r.method}).")
+            _plot(sec, run, "label_mixing", "Label-mixing pairs", None)
+
+    sec.sub("Network Dissection: concept detectors")
+    ds = run.table("tables/dissection_summary.parquet")
+    if ds is None:
+        sec.miss(run.reason("tables/dissection_summary.parquet"))
+    else:
+        table = _detector_table(ds, order)
+        sec.table(table, "Units that detect a concept (IoU above threshold), per concept "
+                  "category: mean over seeds (and sd)", table_id="dissection-table")
+        tot = ds.groupby(["variant", "seed"]).n_detectors.sum().groupby("variant").mean()
+        if len(tot):
+            top = tot.idxmax()
+            readings.append(f"{top} has the most concept detectors ({tot[top]:.1f} per model"
+                            + (f" vs {tot[base]:.1f} for the baseline" if base in tot.index
+                               and top != base else "") + ").")
+    _plot(sec, run, "dissection_detectors", "Detectors per concept category",
+          None if ds is None or ds.empty else lambda: figures.detectors(ds, order))
+    det = run.table("tables/dissection.parquet")
+    if det is None:
+        sec.miss(run.reason("tables/dissection.parquet"))
+    else:
+        top = det[det.detector.astype(bool)].sort_values("iou", ascending=False).head(15)
+        sec.table(top.reset_index(drop=True), "The 15 strongest detectors (highest IoU)",
+                  collapsed=True)
+    sec.reading = ("Study B scores each model's own explanations: does the map sit on the "
+                   "object, does deleting what it marks hurt the prediction more than "
+                   "deleting at random, and which units detect human concepts. "
+                   + " ".join(readings))
+    return sec
+
+
+def _mixing_pairs(summary: pd.DataFrame) -> pd.DataFrame | None:
+    if "family" not in summary or "label_mixing" not in summary:
+        return None
+    s = summary[summary.label_mixing.notna() & summary.metric.isin(MIXING_METRICS)]
+    rows = []
+    for (family, method, metric), g in s.groupby(["family", "method", "metric"], sort=False):
+        yes = g[g.label_mixing.astype(bool)]
+        no = g[~g.label_mixing.astype(bool)]
+        for _, a in yes.iterrows():
+            for _, b in no.iterrows():
+                rows.append({"family": family, "method": method, "metric": metric,
+                             "with mixing": a.variant,
+                             "with": ci_cell(a["mean"], a.ci_low, a.ci_high),
+                             "without mixing": b.variant,
+                             "without": ci_cell(b["mean"], b.ci_low, b.ci_high),
+                             "difference": float(a["mean"] - b["mean"])})
+    return pd.DataFrame(rows) if rows else None
+
+
+def _detector_table(ds: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    rank = {v: i for i, v in enumerate(order)}
+    rows = []
+    for (variant, layer), g in ds.groupby(["variant", "layer"], sort=False):
+        row: dict[str, object] = {"variant": variant, "layer": layer}
+        per_seed = g.pivot_table(index="seed", columns="category", values="n_detectors",
+                                 aggfunc="sum")
+        for cat in per_seed.columns:
+            row[cat] = float(per_seed[cat].mean())
+        total = per_seed.sum(axis=1)
+        row["total"] = float(total.mean())
+        row["total sd"] = float(total.std()) if len(total) > 1 else float("nan")
+        row["unique concepts"] = float(g.groupby("seed").unique_concepts.sum().mean())
+        rows.append(row)
+    rows.sort(key=lambda r: (rank.get(r["variant"], len(rank)), str(r["layer"])))
+    out = pd.DataFrame(rows)
+    return out.fillna({c: 0.0 for c in out.columns if c not in
+                       ("variant", "layer", "total sd")}) if len(out) else out
+
