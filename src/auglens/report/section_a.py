@@ -111,7 +111,7 @@ _PLOTS_A = [
     ("overlap_vs_y", "Overlap rate of the top Y % pixels with the baseline, mean with 95 % CI"),
     ("correlation_heatmap", "Inter-augmentation Pearson r of the per-image values (mean over "
      "metrics), ordered by the dendrogram above it"),
-    ("correlation_per_metric", "The same correlation heat map for each metric (click to open)"),
+    ("correlation_per_metric", "The same correlation heat map for each metric"),
 ]
 
 
@@ -288,9 +288,13 @@ def _reading_changed(rows: pd.DataFrame, images: pd.DataFrame, metric: str, meth
             text += (f", and {pct:.0f} % of its images fall below the noise "
                      "floor's 5th percentile where 5 % would be chance")
         text += "."
-        inside = valid[valid.gap <= 0].variant.tolist()
+        up = bool(higher_is_similar(metric))
+        edge = valid.ci_high if up else valid.ci_low
+        reach = (edge >= valid["noise floor"]) if up else (edge <= valid["noise floor"])
+        inside = valid[(valid.gap <= 0) | reach.fillna(False)].variant.tolist()
         if inside:
-            text += (f" Within the noise floor on average: {', '.join(map(str, inside))}.")
+            text += (" Not distinguishable from the noise floor (95 % CI reaches the floor's "
+                     f"mean): {', '.join(map(str, inside))}.")
     beyond = images[images.gap > 0] if has_floor else images
     if len(beyond):
         ids = list(dict.fromkeys(beyond.image_id.astype(int)))[:3]
