@@ -22,6 +22,8 @@ EXP = {
     "train": {"epochs": 1, "batch_size": 64, "threads": 1},
     "seeds": [0, 1],
     "variants": {"baseline": [], "affine": [{"name": "affine"}], "crop": [{"name": "random_crop"}]},
+    "evaluate": {"n_images": 8, "n_steps": 4, "n_random": 2, "bootstrap": 200},
+    "dissect": {"n_images": 40},
 }
 
 
@@ -42,7 +44,8 @@ def mtimes(run: Path) -> dict[str, int]:
 
 def tables(run: Path) -> dict[str, pd.DataFrame]:
     out = {}
-    for name in ("performance", "similarity", "summary_a", "correlation", "pair_frequency"):
+    for name in ("performance", "similarity", "summary_a", "correlation", "pair_frequency",
+                 "interpretability", "summary_b", "curves", "dissection"):
         df = pd.read_parquet(run / "tables" / f"{name}.parquet")
         out[name] = df.drop(columns=[c for c in ("train_seconds",) if c in df])
     return out
@@ -118,9 +121,8 @@ def test_lock_refuses_a_second_run(reference, capsys):
 def test_bad_force_and_set_keys(reference, capsys):
     exp = reference.parent / "exp.yaml"
     assert main(["run", str(exp), "--out", str(reference), "--force", "trian", "--quiet"]) == 2
-    assert "unknown stage 'trian' for --force; valid stages: train, explain, compare" in (
-        capsys.readouterr().err
-    )
+    assert ("unknown stage 'trian' for --force; valid stages: train, explain, compare, evaluate, "
+            "dissect, report") in capsys.readouterr().err
     assert main(["run", str(exp), "--out", str(reference), "--set", "train.epoch=2"]) == 2
     assert "train.epoch: unknown field" in capsys.readouterr().err
     assert main(["run", "--preset", "nope"]) == 2
@@ -143,7 +145,7 @@ def _kill_when(cmd: list[str], ready, timeout: float = 300) -> None:
         proc.wait()
 
 
-@pytest.mark.parametrize("stage", ["train", "explain"])
+@pytest.mark.parametrize("stage", ["train", "explain", "evaluate"])
 def test_kill_and_resume_gives_identical_tables(reference, tmp_path, stage):
     exp = reference.parent / "exp.yaml"
     run = tmp_path / "run"
@@ -152,13 +154,18 @@ def test_kill_and_resume_gives_identical_tables(reference, tmp_path, stage):
 
         def ready():
             return len(list(run.glob("cells/*/*/record.json"))) >= 2
-    else:
+    elif stage == "explain":
 
         def ready():
             return len(list(run.glob("explanations/gradcam/*/*.safetensors"))) >= 2
+    else:
+
+        def ready():
+            return len(list(run.glob("evaluation/gradcam/*/seed*-curves.parquet"))) >= 2
 
     _kill_when(cmd, ready)
-    assert not (run / "tables" / "similarity.parquet").exists()
+    last = "summary_b" if stage == "evaluate" else "similarity"
+    assert not (run / "tables" / f"{last}.parquet").exists()
     leftovers = [p for p in run.rglob("*") if p.name.endswith(".tmp")]
     # a temp file may be left by the kill, but never under a final name; resume ignores it
     assert all(p.name.startswith(".") for p in leftovers)

@@ -1,4 +1,4 @@
-"""Command line: ``auglens list | train | explain | compare | run``.
+"""Command line: ``auglens list | train | run | explain | compare | evaluate | dissect | report``.
 
 Every user error exits 2 with a one-line message."""
 
@@ -111,7 +111,7 @@ def _run_dir_experiment(run_dir: Path, overrides: list[str]):
     return load_config(ExperimentConfig, json.loads(path.read_text()), overrides, source=str(path))
 
 
-def _explain(exp, out: Path, methods: tuple[str, ...], n_images: int | None) -> None:
+def _explain(exp, out: Path, methods: tuple[str, ...] | None, n_images: int | None) -> None:
     from .explain.store import explain_grid
 
     def done(method: str, variant: str, seed: int, cached: bool) -> None:
@@ -140,7 +140,69 @@ def _compare(exp, out: Path, method: str) -> None:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     exp = _run_dir_experiment(args.run_dir, args.set)
-    _explain(exp, args.run_dir, tuple(args.method), args.n_images)
+    _explain(exp, args.run_dir, tuple(args.method or ()), args.n_images)
+    return 0
+
+
+def _print_done(kind: str):
+    def done(text: str, cached: bool) -> None:
+        print(f"  {kind} {text}{' (cached)' if cached else ''}", flush=True)
+    return done
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .analysis.run_b import analyse_evaluation
+    from .metrics.store import evaluate_cell
+
+    exp = _run_dir_experiment(args.run_dir, args.set)
+    methods = tuple(args.method or exp.explain.methods)
+    done = _print_done("evaluated")
+    for variant, seed, cfg in exp.cells():
+        for method in methods:
+            _, cached = evaluate_cell(cfg, args.run_dir, variant, seed, method, exp.evaluate,
+                                      force=args.force)
+            done(f"{variant:<16} seed {seed} {method}", cached)
+    paths = analyse_evaluation(exp, args.run_dir, methods)
+    s = pd.read_parquet(paths["summary_b"])
+    keep = ["energy_pointing_game", "effective_heat_ratio", "delta_del", "delta_ins"]
+    s = s[s.metric.isin(keep)]
+    print(s.pivot_table(index=["method", "variant"], columns="metric", values="mean",
+                        sort=False).round(3).to_string())
+    print(f"wrote tables to {args.run_dir / 'tables'} and plots to {args.run_dir / 'plots'}")
+    return 0
+
+
+def cmd_dissect(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .analysis.run_b import analyse_dissection
+    from .metrics.store import dissect_cell
+
+    exp = _run_dir_experiment(args.run_dir, args.set)
+    done = _print_done("dissected")
+    for variant, seed, cfg in exp.cells():
+        _, cached = dissect_cell(cfg, args.run_dir, variant, seed, exp.dissect, force=args.force)
+        done(f"{variant:<16} seed {seed}", cached)
+    paths = analyse_dissection(exp, args.run_dir)
+    s = pd.read_parquet(paths["dissection_summary"])
+    print(s.pivot_table(index="variant", columns="category", values="unique_concepts",
+                        sort=False).round(2).to_string())
+    print(f"wrote {paths['dissection']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    if not (args.run_dir / "experiment.json").is_file():
+        raise AuglensError(f"{args.run_dir} is not a run directory (no experiment.json); "
+                           "create one with `auglens run`")
+    res = build_report(args.run_dir)
+    print(f"wrote {res['html']} and {res['markdown']}")
+    for name, why in (res.get("missing") or {}).items():
+        print(f"  section '{name}' not shown: {why}")
     return 0
 
 
@@ -158,7 +220,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     exp = _load_experiment(args)
     out = args.out or Path("runs") / exp.name
-    methods = tuple(args.method or ["gradcam"])
+    methods = tuple(args.method) if args.method else None
     force = set(args.force)
     if args.dry_run:
         cells = exp.cells()
@@ -257,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("explain", help="explain every trained cell of a run directory")
     s.add_argument("run_dir", type=Path)
     s.add_argument(
-        "--method", action="append", default=None, help="explainer (repeatable; default gradcam)"
+        "--method", action="append", default=None,
+        help="explainer (repeatable; default: the experiment's explain.methods)"
     )
     s.add_argument("--n-images", type=int, default=None, help="first N test images (default all)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -269,9 +332,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.set_defaults(func=cmd_compare)
 
+    s = sub.add_parser("evaluate", help="Study B: alignment and faithfulness of the stored maps")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--method", action="append", default=None,
+                   help="explainer (repeatable; default: the experiment's explain.methods)")
+    s.add_argument("--force", action="store_true", help="recompute cached per-cell results")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="e.g. evaluate.n_images=200 or evaluate.min_probability=0.6")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("dissect", help="Study B: Network Dissection of every trained cell")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--force", action="store_true", help="recompute cached per-cell results")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="e.g. dissect.n_images=1000")
+    s.set_defaults(func=cmd_dissect)
+
+    s = sub.add_parser("report", help="write RUN_DIR/report/index.html and summary.md")
+    s.add_argument("run_dir", type=Path)
+    s.set_defaults(func=cmd_report)
+
     s = sub.add_parser(
         "run",
-        help="train, explain and compare the grid of an experiment file "
+        help="every stage of an experiment file, from training to the report "
         "(default: the quick preset)",
     )
     s.add_argument("experiment", nargs="?", type=Path)
@@ -279,10 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=None, help="run directory (default runs/<name>)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--method", action="append", default=None,
-                   help="explainer (repeatable; default gradcam)")
+                   help="explainer (repeatable; default: the experiment's explain.methods)")
     s.add_argument("--n-images", type=int, default=None, help="explain the first N test images")
     s.add_argument("--force", action="append", default=[], metavar="STAGE",
-                   help="recompute a stage: train, explain or compare (repeatable)")
+                   help="recompute a stage: train, explain, compare, evaluate, dissect or "
+                        "report (repeatable)")
     s.add_argument("--dry-run", action="store_true", help="print the grid and what is cached")
     s.add_argument("--executor", default="local", help="local (default) or ray")
     s.add_argument("--workers", type=int, default=1, help="local worker processes")
@@ -295,8 +379,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "method", "") is None:
-        args.method = ["gradcam"]
     try:
         return args.func(args)
     except AuglensError as e:

@@ -100,6 +100,86 @@ class TrainConfig(_Strict):
         return v
 
 
+class ExplainConfig(_Strict):
+    """Which attribution methods explain every cell, on how many test images.
+
+    ``n_images`` None: the whole test split. ``limit`` caps one method (e.g. ``iba: 200``: IBA
+    optimises per image, so it is costlier). ``params`` holds explainer keyword arguments per
+    method (e.g. ``iba: {steps: 10}``). ``estimator_images``: un-augmented training images used to
+    fit IBA's per-model activation statistics (cached next to the weights).
+    """
+
+    methods: list[str] = Field(default_factory=lambda: ["gradcam"])
+    n_images: int | None = Field(default=None, ge=1)
+    limit: dict[str, int] = Field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    estimator_images: int = Field(default=1000, ge=2)
+    batch_size: int = Field(default=500, ge=1)
+
+    @model_validator(mode="after")
+    def _valid(self) -> ExplainConfig:
+        from .explain import EXPLAINERS
+
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods must be a non-empty list of distinct names, got "
+                             f"{self.methods}")
+        for m in [*self.methods, *self.limit, *self.params]:
+            EXPLAINERS.get(m)  # unknown name -> error listing the valid ones
+        for m, kw in self.params.items():
+            valid = set(EXPLAINERS.describe(m)["params"]) - {"target_layer", "estimator"}
+            bad = [k for k in kw if k not in valid]
+            if bad:
+                raise ValueError(f"unknown parameter '{bad[0]}' for explainer '{m}'; valid: "
+                                 + ", ".join(sorted(valid)))
+        for m, n in self.limit.items():
+            if n < 1:
+                raise ValueError(f"limit.{m} must be >= 1, got {n}")
+        return self
+
+    def images_for(self, method: str) -> int | None:
+        """Image count for ``method`` (None = all test images)."""
+        caps = [n for n in (self.n_images, self.limit.get(method)) if n is not None]
+        return min(caps) if caps else None
+
+
+class EvaluateConfig(_Strict):
+    """Study B's alignment (SPEC §4) and faithfulness (SPEC §5) of every explained cell.
+
+    Alignment runs on every explained image that has a ground-truth mask or boxes; the reference
+    filters (``max_box_fraction`` 0.33, ``min_probability`` 0.6) are off unless set; with
+    ``common_images`` every model is scored on the intersection of the images each one keeps.
+    Faithfulness runs on the first ``n_images`` explained images (None: all): ``n_steps`` steps,
+    ``n_random`` random orders per image, deletion to 0 in normalised space, insertion from a
+    Gaussian blur (kernel ``blur_kernel``, σ ``blur_sigma``).
+    """
+
+    enabled: bool = True
+    alignment: bool = True
+    faithfulness: bool = True
+    max_box_fraction: float | None = Field(default=None, gt=0, le=1)
+    min_probability: float | None = Field(default=None, ge=0, le=1)
+    common_images: bool = True
+    n_images: int | None = Field(default=500, ge=1)
+    n_steps: int = Field(default=16, ge=1)
+    n_random: int = Field(default=4, ge=1)
+    blur_kernel: int = Field(default=11, ge=1)
+    blur_sigma: float = Field(default=5.0, gt=0)
+    max_batch: int = Field(default=512, ge=1)
+    seed: int = 0
+    bootstrap: int = Field(default=2000, ge=100)
+
+
+class DissectConfig(_Strict):
+    """Network Dissection (SPEC §6) of every cell's target layer on the dataset's concept labels
+    (test split, first ``n_images``; None: all), units detecting a concept at IoU > threshold."""
+
+    enabled: bool = True
+    n_images: int | None = Field(default=2000, ge=1)
+    quantile: float = Field(default=0.995, gt=0, lt=1)
+    iou_threshold: float = Field(default=0.04, ge=0, lt=1)
+    batch_size: int = Field(default=256, ge=1)
+
+
 AugSpec = dict[str, Any]
 
 
@@ -141,6 +221,9 @@ class ExperimentConfig(_Strict):
     variants: dict[str, list[AugSpec]] = Field(default_factory=lambda: {"baseline": []})
     seeds: list[int] = Field(default_factory=lambda: [0])
     baseline: str = "baseline"
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    dissect: DissectConfig = Field(default_factory=DissectConfig)
 
     @field_validator("variants")
     @classmethod
@@ -251,7 +334,9 @@ def _format_validation_error(e: ValidationError, source: str) -> str:
 
 
 def _valid_fields(title: str, loc: tuple) -> str:
-    model: Any = {"CellConfig": CellConfig, "ExperimentConfig": ExperimentConfig}.get(title)
+    model: Any = {"CellConfig": CellConfig, "ExperimentConfig": ExperimentConfig,
+                  "ExplainConfig": ExplainConfig, "EvaluateConfig": EvaluateConfig,
+                  "DissectConfig": DissectConfig}.get(title)
     for part in loc:
         if model is None:
             break

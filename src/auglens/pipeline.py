@@ -1,6 +1,8 @@
 """The stages of one run, with content-addressed caching, a run-directory lock and executors.
 
-    train (one task per variant × seed) → explain (one task per cell × method) → compare (Study A)
+    train (one task per variant × seed) → explain (one task per cell × method)
+      → compare (Study A) / evaluate (Study B alignment + faithfulness, one task per cell ×
+        method, then tables) / dissect (one task per cell, then tables) → report
 
 Each stage's output is keyed by a hash of exactly the configuration it depends on plus its inputs'
 hashes: a cell by its ``CellConfig`` hash; an explanation by the cell's weights hash, the method,
@@ -26,7 +28,7 @@ from .errors import AuglensError
 from .executors import Executor, LocalExecutor
 from .utils import write_json
 
-STAGES = ("train", "explain", "compare")
+STAGES = ("train", "explain", "compare", "evaluate", "dissect", "report")
 
 
 class RunLock:
@@ -100,12 +102,68 @@ def _train_task(cell: dict[str, Any], path: str) -> dict[str, Any]:
 
 
 def _explain_task(cell: dict[str, Any], run_dir: str, variant: str, seed: int, method: str,
-                  n_images: int | None, force: bool) -> tuple[str, bool]:
+                  n_images: int | None, force: bool, params: dict[str, Any] | None = None,
+                  estimator_images: int = 1000, batch_size: int = 500) -> tuple[str, bool]:
     from .explain.store import explain_cell
 
     path, cached = explain_cell(CellConfig.model_validate(cell), run_dir, variant, seed, method,
-                                n_images, force=force)
+                                n_images, batch_size=batch_size, force=force, params=params,
+                                estimator_images=estimator_images)
     return str(path), cached
+
+
+def _evaluate_task(cell: dict[str, Any], run_dir: str, variant: str, seed: int, method: str,
+                   ecfg: dict[str, Any], force: bool) -> tuple[str, bool]:
+    from .config import EvaluateConfig
+    from .metrics.store import evaluate_cell
+
+    path, cached = evaluate_cell(CellConfig.model_validate(cell), run_dir, variant, seed, method,
+                                 EvaluateConfig.model_validate(ecfg), force=force)
+    return str(path), cached
+
+
+def _dissect_task(cell: dict[str, Any], run_dir: str, variant: str, seed: int,
+                  dcfg: dict[str, Any], force: bool) -> tuple[str, bool]:
+    from .config import DissectConfig
+    from .metrics.store import dissect_cell
+
+    path, cached = dissect_cell(CellConfig.model_validate(cell), run_dir, variant, seed,
+                                DissectConfig.model_validate(dcfg), force=force)
+    return str(path), cached
+
+
+# ----------------------------------------------------------------------------- what applies
+
+
+def _with_overrides(exp: ExperimentConfig, methods: tuple[str, ...] | None,
+                    n_images: int | None) -> ExperimentConfig:
+    """The experiment with the CLI's ``--method`` / ``--n-images`` folded into ``explain``."""
+    ec = exp.explain.model_copy()
+    if methods:
+        ec.methods = list(dict.fromkeys(methods))
+    if n_images is not None:
+        ec.n_images = n_images
+    return exp.model_copy(update={"explain": ec})
+
+
+def skipped_stages(exp: ExperimentConfig) -> dict[str, str]:
+    """Stages that do not apply to this experiment → the reason (shown and logged)."""
+    from .train.trainer import load_dataset
+
+    out = {}
+    if len(exp.variants) < 2:
+        out["compare"] = "only the baseline variant: nothing to compare"
+    if not exp.evaluate.enabled:
+        out["evaluate"] = "evaluate.enabled is false"
+    elif not (exp.evaluate.alignment or exp.evaluate.faithfulness):
+        out["evaluate"] = "evaluate.alignment and evaluate.faithfulness are both false"
+    if not exp.dissect.enabled:
+        out["dissect"] = "dissect.enabled is false"
+    else:
+        data = load_dataset(exp.cells()[0][2])
+        if data.test.concepts is None or not data.concept_names:
+            out["dissect"] = f"dataset '{exp.data.name}' has no concept labels"
+    return out
 
 
 # ----------------------------------------------------------------------------- plan
@@ -117,6 +175,7 @@ class Plan:
 
     todo: dict[str, list[str]] = field(default_factory=dict)
     cached: dict[str, list[str]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         out = []
@@ -125,43 +184,57 @@ class Plan:
                        f"{len(self.cached[stage]):>3} cached")
             out += [f"           run    {t}" for t in self.todo[stage]]
             out += [f"           cached {t}" for t in self.cached[stage]]
+        out += [f"{stage:<8} skipped: {why}" for stage, why in self.skipped.items()]
         return out
 
 
-def make_plan(exp: ExperimentConfig, run_dir: Path, methods: tuple[str, ...],
-              n_images: int | None, force: set[str] = frozenset()) -> Plan:
-    from .explain.store import _key, explanation_path, read_explanation
+def make_plan(exp: ExperimentConfig, run_dir: Path, methods: tuple[str, ...] | None = None,
+              n_images: int | None = None, force: set[str] = frozenset()) -> Plan:
+    """Which tasks of each stage are cached (per-cell stages are checked file by file; later
+    stages are "to run" whenever an input they read is)."""
+    from .explain.store import explanation_cached
+    from .metrics.store import dissect_key, dissection_path, evaluate_key, evaluation_path, read_key
     from .train.grid import cell_dir, cell_done
 
-    plan = Plan({s: [] for s in STAGES}, {s: [] for s in STAGES})
-    trained: dict[tuple[str, int], str | None] = {}
+    exp = _with_overrides(exp, methods, n_images)
+    ec = exp.explain
+    skipped = skipped_stages(exp)
+    stages = [s for s in STAGES if s not in skipped and s != "report"]
+    plan = Plan({s: [] for s in stages}, {s: [] for s in stages}, skipped)
+    expl_ok: dict[tuple[str, int, str], bool] = {}
     for variant, seed, cfg in exp.cells():
         path = cell_dir(run_dir, variant, seed)
         name = f"{variant}/seed{seed}"
         done = cell_done(path, cfg) and "train" not in force
         (plan.cached if done else plan.todo)["train"].append(name)
-        trained[(variant, seed)] = (
-            json.loads((path / "record.json").read_text())["weights_sha256"] if done else None
-        )
-        for method in methods:
-            ename = f"{name} {method}"
-            sha = trained[(variant, seed)]
-            ok = False
-            epath = explanation_path(run_dir, method, variant, seed)
-            if sha and epath.is_file() and "explain" not in force:
-                try:
-                    n = n_images  # the key needs the image count; read it from the file
-                    meta = read_explanation(epath)
-                    count = int(meta[0]["maps"].shape[0])
-                    ok = meta[1].get("key") == _key(cfg, sha, method, cfg.model.target_layer,
-                                                    count if n is None else n)
-                except AuglensError:
-                    ok = False
-            (plan.cached if ok else plan.todo)["explain"].append(ename)
-    for method in methods:
-        key = _compare_key(exp, run_dir, method)
-        ok = key is not None and _stage_done(run_dir, f"compare-{method}", key)
-        (plan.cached if ok and "compare" not in force else plan.todo)["compare"].append(method)
+        for method in ec.methods:
+            ok = done and "explain" not in force and explanation_cached(
+                cfg, run_dir, variant, seed, method, ec.images_for(method),
+                ec.params.get(method), ec.estimator_images)
+            expl_ok[(variant, seed, method)] = ok
+            (plan.cached if ok else plan.todo)["explain"].append(f"{name} {method}")
+            if "evaluate" in stages:
+                ok_e = ok and "evaluate" not in force
+                if ok_e:
+                    from .explain.store import explanation_path, read_explanation
+
+                    key = read_explanation(explanation_path(run_dir, method, variant,
+                                                            seed))[1].get("key", "")
+                    ok_e = read_key(evaluation_path(run_dir, method, variant, seed)) == \
+                        evaluate_key(key, exp.evaluate)
+                (plan.cached if ok_e else plan.todo)["evaluate"].append(f"{name} {method}")
+        if "dissect" in stages:
+            ok_d = done and "dissect" not in force
+            if ok_d:
+                sha = json.loads((path / "record.json").read_text())["weights_sha256"]
+                ok_d = read_key(dissection_path(run_dir, variant, seed)) == \
+                    dissect_key(cfg, sha, exp.dissect)
+            (plan.cached if ok_d else plan.todo)["dissect"].append(name)
+    if "compare" in stages:
+        for method in ec.methods:
+            key = _compare_key(exp, run_dir, method)
+            ok = key is not None and _stage_done(run_dir, f"compare-{method}", key)
+            (plan.cached if ok and "compare" not in force else plan.todo)["compare"].append(method)
     return plan
 
 
@@ -197,6 +270,16 @@ def _compare_key(exp: ExperimentConfig, run_dir: Path, method: str) -> str | Non
                         "variants": list(exp.variants), "version": 1})
 
 
+def _files_key(paths: list[Path], extra: Any) -> str | None:
+    """A key over the keys stored in per-cell result files (None if one is missing)."""
+    from .metrics.store import read_key
+
+    keys = [read_key(p) for p in paths]
+    if any(k is None for k in keys):
+        return None
+    return config_hash({"inputs": keys, "extra": extra, "version": 1})
+
+
 # ----------------------------------------------------------------------------- run
 
 
@@ -204,17 +287,15 @@ def run_pipeline(
     exp: ExperimentConfig,
     run_dir: str | Path,
     executor: Executor | None = None,
-    methods: tuple[str, ...] = ("gradcam",),
+    methods: tuple[str, ...] | None = None,
     n_images: int | None = None,
     force: set[str] = frozenset(),
     reporter: Reporter | None = None,
 ) -> dict[str, Any]:
-    """Run every stage (skipping cached work) and return paths and per-stage timings."""
-    import pandas as pd
+    """Run every stage (skipping cached work) and return paths and per-stage timings.
 
-    from .analysis.run_a import analyse_study_a, write_table
-    from .train.grid import cell_dir, cell_done
-
+    ``methods`` / ``n_images`` override ``exp.explain``; ``force`` names stages to recompute.
+    """
     run_dir = Path(run_dir)
     executor = executor or LocalExecutor()
     rep = reporter or Reporter()
@@ -222,58 +303,139 @@ def run_pipeline(
     if unknown:
         raise AuglensError(f"unknown stage '{sorted(unknown)[0]}' for --force; valid stages: "
                            + ", ".join(STAGES))
+    exp = _with_overrides(exp, methods, n_images)
     write_json(run_dir / "experiment.json", exp.model_dump(mode="json"))
-    timings: dict[str, float] = {}
-
-    # train
-    t0 = time.perf_counter()
-    cells = exp.cells()
-    todo = [(v, s, c) for v, s, c in cells
-            if "train" in force or not cell_done(cell_dir(run_dir, v, s), c)]
-    rep.stage("train", len(cells), len(cells) - len(todo))
-    tasks = [(c.model_dump(mode="json"), str(cell_dir(run_dir, v, s))) for v, s, c in todo]
-    for i, record in executor.map(_train_task, tasks):
-        v, s, _ = todo[i]
-        rep.advance("train", f"{v}/seed{s}: test accuracy {record['test']['accuracy']:.4f} "
-                             f"({record['train_seconds']:.0f}s)")
-    rows = []
-    for v, s, _ in cells:
-        rec = json.loads((cell_dir(run_dir, v, s) / "record.json").read_text())
-        t = rec["test"]
-        rows.append({"variant": v, "seed": s, **{k: t[k] for k in
-                     ("accuracy", "precision", "recall", "f1")},
-                     "train_seconds": rec["train_seconds"]})
-    perf = pd.DataFrame(rows)
-    write_table(perf, run_dir / "tables" / "performance.parquet")
-    rep.done("train")
-    timings["train"] = time.perf_counter() - t0
-
-    # explain
-    t0 = time.perf_counter()
-    tasks = [(c.model_dump(mode="json"), str(run_dir), v, s, m, n_images, "explain" in force)
-             for v, s, c in cells for m in methods]
-    rep.stage("explain", len(tasks), 0)
-    for i, (_path, cached) in executor.map(_explain_task, tasks):
-        _, _, v, s, m, _, _ = tasks[i]
-        rep.advance("explain", f"{v}/seed{s} {m}{' (cached)' if cached else ''}")
-    rep.done("explain")
-    timings["explain"] = time.perf_counter() - t0
-
-    # compare (Study A)
-    t0 = time.perf_counter()
-    outputs: dict[str, Any] = {}
-    rep.stage("compare", len(methods), 0)
-    for method in methods:
-        key = _compare_key(exp, run_dir, method)
-        name = f"compare-{method}"
-        if "compare" not in force and key and _stage_done(run_dir, name, key):
-            rep.advance("compare", f"{method} (cached)")
-            outputs[method] = json.loads(_manifest(run_dir, name).read_text())["outputs"]
+    ctx = _Run(exp, run_dir, executor, rep, set(force))
+    perf = ctx.train()
+    skipped = skipped_stages(exp)
+    for stage in ("explain", "compare", "evaluate", "dissect", "report"):
+        if stage in skipped:
+            rep.message(f"[{stage}] skipped: {skipped[stage]}")
             continue
-        paths = analyse_study_a(exp, run_dir, method)
-        outputs[method] = [str(p) for p in paths.values()]
-        write_json(_manifest(run_dir, name), {"key": key, "outputs": outputs[method]})
-        rep.advance("compare", f"{method}: {len(paths)} tables and plots")
-    rep.done("compare")
-    timings["compare"] = time.perf_counter() - t0
-    return {"performance": perf, "outputs": outputs, "timings": timings}
+        t0 = time.perf_counter()
+        getattr(ctx, stage)()
+        rep.done(stage)
+        ctx.timings[stage] = time.perf_counter() - t0
+    write_json(run_dir / "stages" / "timings.json", ctx.timings | {"skipped": skipped})
+    return {"performance": perf, "outputs": ctx.outputs, "timings": ctx.timings,
+            "skipped": skipped}
+
+
+@dataclass
+class _Run:
+    """The stages of one `run_pipeline` call, sharing the experiment and the executor."""
+
+    exp: ExperimentConfig
+    run_dir: Path
+    executor: Executor
+    rep: Reporter
+    force: set[str]
+    timings: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    def _map(self, stage: str, fn: Callable[..., Any], tasks: list[tuple], label) -> None:
+        for i, (_path, cached) in self.executor.map(fn, tasks):
+            self.rep.advance(stage, label(tasks[i]) + (" (cached)" if cached else ""))
+
+    def train(self) -> Any:
+        import pandas as pd
+
+        from .analysis.run_a import write_table
+        from .train.grid import cell_dir, cell_done
+
+        t0 = time.perf_counter()
+        run_dir, cells = self.run_dir, self.exp.cells()
+        todo = [(v, s, c) for v, s, c in cells
+                if "train" in self.force or not cell_done(cell_dir(run_dir, v, s), c)]
+        self.rep.stage("train", len(cells), len(cells) - len(todo))
+        tasks = [(c.model_dump(mode="json"), str(cell_dir(run_dir, v, s))) for v, s, c in todo]
+        for i, record in self.executor.map(_train_task, tasks):
+            v, s, _ = todo[i]
+            self.rep.advance("train", f"{v}/seed{s}: test accuracy "
+                                      f"{record['test']['accuracy']:.4f} "
+                                      f"({record['train_seconds']:.0f}s)")
+        rows = []
+        for v, s, _ in cells:
+            rec = json.loads((cell_dir(run_dir, v, s) / "record.json").read_text())
+            t = rec["test"]
+            rows.append({"variant": v, "seed": s, **{k: t[k] for k in
+                         ("accuracy", "precision", "recall", "f1")},
+                         "train_seconds": rec["train_seconds"]})
+        perf = pd.DataFrame(rows)
+        write_table(perf, run_dir / "tables" / "performance.parquet")
+        self.rep.done("train")
+        self.timings["train"] = time.perf_counter() - t0
+        return perf
+
+    def explain(self) -> None:
+        ec = self.exp.explain
+        tasks = [(c.model_dump(mode="json"), str(self.run_dir), v, s, m, ec.images_for(m),
+                  "explain" in self.force, ec.params.get(m), ec.estimator_images, ec.batch_size)
+                 for v, s, c in self.exp.cells() for m in ec.methods]
+        self.rep.stage("explain", len(tasks), 0)
+        self._map("explain", _explain_task, tasks, lambda t: f"{t[2]}/seed{t[3]} {t[4]}")
+
+    def compare(self) -> None:
+        from .analysis.run_a import analyse_study_a
+
+        methods = self.exp.explain.methods
+        self.rep.stage("compare", len(methods), 0)
+        for method in methods:
+            key = _compare_key(self.exp, self.run_dir, method)
+            self._aggregate("compare", f"compare-{method}", key, method,
+                            lambda m=method: analyse_study_a(self.exp, self.run_dir, m))
+
+    def evaluate(self) -> None:
+        from .analysis.run_b import analyse_evaluation
+        from .metrics.store import evaluation_path
+
+        exp = self.exp
+        tasks = [(c.model_dump(mode="json"), str(self.run_dir), v, s, m,
+                  exp.evaluate.model_dump(mode="json"), "evaluate" in self.force)
+                 for v, s, c in exp.cells() for m in exp.explain.methods]
+        self.rep.stage("evaluate", len(tasks) + 1, 0)
+        self._map("evaluate", _evaluate_task, tasks, lambda t: f"{t[2]}/seed{t[3]} {t[4]}")
+        paths = [evaluation_path(self.run_dir, m, v, s) for v, s, _ in exp.cells()
+                 for m in exp.explain.methods]
+        key = _files_key(paths, {"evaluate": exp.evaluate.model_dump(mode="json"),
+                                 "variants": exp.variants, "methods": exp.explain.methods})
+        self._aggregate("evaluate", "evaluate", key, "tables",
+                        lambda: analyse_evaluation(exp, self.run_dir))
+
+    def dissect(self) -> None:
+        from .analysis.run_b import analyse_dissection
+        from .metrics.store import dissection_path
+
+        exp = self.exp
+        tasks = [(c.model_dump(mode="json"), str(self.run_dir), v, s,
+                  exp.dissect.model_dump(mode="json"), "dissect" in self.force)
+                 for v, s, c in exp.cells()]
+        self.rep.stage("dissect", len(tasks) + 1, 0)
+        self._map("dissect", _dissect_task, tasks, lambda t: f"{t[2]}/seed{t[3]}")
+        paths = [dissection_path(self.run_dir, v, s) for v, s, _ in exp.cells()]
+        key = _files_key(paths, {"variants": list(exp.variants)})
+        self._aggregate("dissect", "dissect", key, "tables",
+                        lambda: analyse_dissection(exp, self.run_dir))
+
+    def report(self) -> None:
+        try:
+            from .report import build_report
+        except ImportError:  # the report package is optional until it lands
+            self.rep.message("[report] skipped: auglens.report is not available")
+            return
+        self.rep.stage("report", 1, 0)
+        res = build_report(self.run_dir)
+        self.outputs["report"] = res
+        self.rep.advance("report", f"wrote {res.get('html', self.run_dir / 'report')}")
+
+    def _aggregate(self, stage: str, name: str, key: str | None, label: str,
+                   fn: Callable[[], dict[str, Path]]) -> None:
+        """Run an aggregation step unless its manifest says the same inputs were done."""
+        if stage not in self.force and key and _stage_done(self.run_dir, name, key):
+            self.rep.advance(stage, f"{label} (cached)")
+            self.outputs[name] = json.loads(_manifest(self.run_dir, name).read_text())["outputs"]
+            return
+        paths = fn()
+        self.outputs[name] = [str(p) for p in paths.values()]
+        write_json(_manifest(self.run_dir, name), {"key": key, "outputs": self.outputs[name]})
+        self.rep.advance(stage, f"{label}: {len(paths)} tables and plots")

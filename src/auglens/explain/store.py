@@ -10,7 +10,7 @@ depends on, so a stale file is recomputed and a finished one is reused.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,12 @@ from torch import Tensor
 
 from ..config import CellConfig, ExperimentConfig, config_hash
 from ..errors import AuglensError
-from ..models import build_model
+from ..models import build_model, default_target_layer
 from ..train.grid import cell_dir, cell_done
 from ..train.trainer import RECORD, WEIGHTS, load_dataset
 from ..utils import atomic_path, resolve_device
 from .base import explain_images
+from .iba import Estimator, fit_estimator, model_fingerprint
 
 
 def explanation_path(run_dir: str | Path, method: str, variant: str, seed: int) -> Path:
@@ -38,17 +39,46 @@ def load_cell_model(path: Path, cfg: CellConfig, num_classes: int) -> torch.nn.M
     return m.eval()
 
 
-def _key(cfg: CellConfig, weights_sha: str, method: str, layer: str | None, n: int) -> str:
-    return config_hash(
-        {
-            "data": cfg.data.model_dump(mode="json"),
-            "weights": weights_sha,
-            "method": method,
-            "layer": layer,
-            "n_images": n,
-            "version": 1,
-        }
-    )
+def _key(cfg: CellConfig, weights_sha: str, method: str, layer: str | None, n: int,
+         params: Mapping[str, Any] | None = None, estimator_images: int | None = None) -> str:
+    obj = {
+        "data": cfg.data.model_dump(mode="json"),
+        "weights": weights_sha,
+        "method": method,
+        "layer": layer,
+        "n_images": n,
+        "version": 1,
+    }
+    if params:  # only when given, so that keys of plain runs stay stable
+        obj["params"] = dict(params)
+    if method == "iba":
+        obj["estimator_images"] = estimator_images
+    return config_hash(obj)
+
+
+def estimator_path(cell: Path, layer: str, n_images: int) -> Path:
+    """Where a cell caches its IBA estimator (tied to the weights by a fingerprint inside)."""
+    return cell / f"iba_estimator-{layer}-{n_images}.safetensors"
+
+
+def cell_estimator(model: torch.nn.Module, cell: Path, data: Any, layer: str | None,
+                   n_images: int = 1000, batch_size: int = 500) -> Estimator:
+    """The IBA estimator of a trained cell's model: fitted on the first ``n_images`` un-augmented
+    training images, cached in the cell directory and reused while the weights match."""
+    layer = layer or default_target_layer(model)
+    path = estimator_path(cell, layer, n_images)
+    fp = model_fingerprint(model)
+    if path.is_file():
+        try:
+            est = Estimator.load(path)
+            if est.model_fingerprint == fp and est.layer == layer:
+                return est
+        except AuglensError:
+            pass  # corrupt or foreign: refit
+    est = fit_estimator(model, data.train.images, data.normalize, layer, batch_size=batch_size,
+                        n_images=n_images)
+    est.save(path, {"cell": str(cell.name)})
+    return est
 
 
 def read_explanation(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -75,11 +105,15 @@ def explain_cell(
     batch_size: int = 500,
     device: str = "auto",
     force: bool = False,
+    params: Mapping[str, Any] | None = None,
+    estimator_images: int = 1000,
 ) -> tuple[Path, bool]:
     """Explain the first ``n_images`` test images (all if None) with one trained cell.
 
     Maps are for the predicted class, and for the ground-truth class from the same pass.
-    Returns (file, cached); a file whose key matches is reused unless ``force``.
+    ``params``: explainer keyword arguments. IBA gets its estimator from `cell_estimator`
+    (``estimator_images`` training images). Returns (file, cached); a file whose key matches is
+    reused unless ``force``.
     """
     from safetensors.torch import save_file
 
@@ -92,19 +126,19 @@ def explain_cell(
     test = data.test
     n = len(test) if n_images is None else min(n_images, len(test))
     layer = cfg.model.target_layer
-    key = _key(cfg, weights_sha, method, layer, n)
+    key = _key(cfg, weights_sha, method, layer, n, params, estimator_images)
     path = explanation_path(run_dir, method, variant, seed)
-    if path.is_file() and not force:
-        try:
-            if read_explanation(path)[1].get("key") == key:
-                return path, True
-        except AuglensError:
-            pass  # corrupt: recompute
+    if not force and _has_key(path, key):
+        return path, True
     dev = resolve_device(device)
     model = load_cell_model(cdir, cfg, data.num_classes).to(dev)
+    kwargs = dict(params or {})
+    if method == "iba":
+        kwargs["estimator"] = cell_estimator(model, cdir, data, layer, estimator_images,
+                                             batch_size)
     ex = explain_images(model, test.images[:n], data.normalize, method=method,
                         target_layer=layer, batch_size=batch_size, device=dev,
-                        ground_truth=test.labels[:n])
+                        ground_truth=test.labels[:n], method_params=kwargs)
     tensors = {
         "maps": ex.maps.to(torch.float16).contiguous(),
         "maps_gt": ex.maps_gt.to(torch.float16).contiguous(),
@@ -121,23 +155,50 @@ def explain_cell(
     return path, False
 
 
+def _has_key(path: Path, key: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        return read_explanation(path)[1].get("key") == key
+    except AuglensError:
+        return False  # corrupt: recompute
+
+
+def explanation_cached(cfg: CellConfig, run_dir: str | Path, variant: str, seed: int,
+                       method: str, n_images: int | None = None,
+                       params: Mapping[str, Any] | None = None,
+                       estimator_images: int = 1000) -> bool:
+    """True if `explain_cell` with these arguments would reuse its file (no computation)."""
+    cdir = cell_dir(run_dir, variant, seed)
+    if not cell_done(cdir, cfg):
+        return False
+    weights_sha = json.loads((cdir / RECORD).read_text())["weights_sha256"]
+    n_test = len(load_dataset(cfg).test)
+    n = n_test if n_images is None else min(n_images, n_test)
+    key = _key(cfg, weights_sha, method, cfg.model.target_layer, n, params, estimator_images)
+    return _has_key(explanation_path(run_dir, method, variant, seed), key)
+
+
 def explain_grid(
     exp: ExperimentConfig,
     run_dir: str | Path,
-    methods: tuple[str, ...] = ("gradcam",),
+    methods: tuple[str, ...] | None = None,
     n_images: int | None = None,
-    batch_size: int = 500,
     device: str = "auto",
     on_done: Callable[[str, str, int, bool], None] | None = None,
     force: bool = False,
 ) -> list[Path]:
-    """``explain_cell`` for every cell and method, in this process; ``on_done(method, variant,
+    """``explain_cell`` for every cell and method, in this process, with the experiment's
+    ``explain`` settings (``methods`` / ``n_images`` override them); ``on_done(method, variant,
     seed, cached)`` is called per file."""
+    ec = exp.explain
     out = []
     for variant, seed, cfg in exp.cells():
-        for method in methods:
-            path, cached = explain_cell(cfg, run_dir, variant, seed, method, n_images,
-                                        batch_size, device, force)
+        for method in methods or tuple(ec.methods):
+            n = ec.images_for(method) if n_images is None else n_images
+            path, cached = explain_cell(cfg, run_dir, variant, seed, method, n, ec.batch_size,
+                                        device, force, ec.params.get(method),
+                                        ec.estimator_images)
             out.append(path)
             if on_done:
                 on_done(method, variant, seed, cached)

@@ -1,0 +1,252 @@
+"""Study B on one trained cell: alignment and faithfulness of its stored maps, Network Dissection
+of its target layer; per-cell results on disk, reused while their key matches.
+
+Files (Parquet, key in the schema metadata under ``auglens_key``):
+
+- ``RUN/evaluation/<method>/<variant>/seed<k>.parquet``: ``image_id, metric, value`` per image —
+  ``energy_pointing_game``, ``effective_heat_ratio`` and the filter inputs ``box_fraction`` /
+  ``target_prob`` on every explained image with a ground-truth region; ``auc_<kind>_<order>``,
+  ``delta_del``, ``delta_ins``, ``lerf_morf_del``, ``lerf_morf_ins`` on the first
+  ``evaluate.n_images`` of them.
+- ``RUN/evaluation/<method>/<variant>/seed<k>-curves.parquet``: ``kind, order, step, fraction,
+  score, sem`` — the mean curve over images (and its standard error).
+- ``RUN/dissection/<variant>/seed<k>.parquet``: one row per unit (``DissectionResult.table``);
+  the exact counts are cached in the cell directory by the weights' content hash.
+
+Maps are upsampled from feature to input resolution bilinearly (``align_corners=False``) before
+any Study B metric.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..config import CellConfig, DissectConfig, EvaluateConfig, config_hash
+from ..errors import AuglensError
+from ..explain.base import upsample
+from ..explain.store import explanation_path, load_cell_model, read_explanation
+from ..train.grid import cell_dir
+from ..train.trainer import WEIGHTS, load_dataset
+from ..utils import atomic_path, resolve_device
+from .alignment import box_fraction, boxes_to_mask, effective_heat_ratio, energy_pointing_game
+from .dissection import dissect_cached, probe_fingerprint
+from .faithfulness import deletion_insertion_curves, faithfulness_scores
+
+KEY = b"auglens_key"
+#: evaluate settings that change per-cell numbers (filters and the CI act at aggregation).
+_CELL_FIELDS = ("alignment", "faithfulness", "n_images", "n_steps", "n_random", "blur_kernel",
+                "blur_sigma", "seed")
+
+
+def evaluation_path(run_dir: str | Path, method: str, variant: str, seed: int) -> Path:
+    return Path(run_dir) / "evaluation" / method / variant / f"seed{seed}.parquet"
+
+
+def curves_path(run_dir: str | Path, method: str, variant: str, seed: int) -> Path:
+    return Path(run_dir) / "evaluation" / method / variant / f"seed{seed}-curves.parquet"
+
+
+def dissection_path(run_dir: str | Path, variant: str, seed: int) -> Path:
+    return Path(run_dir) / "dissection" / variant / f"seed{seed}.parquet"
+
+
+def write_keyed(df: pd.DataFrame, path: Path, key: str,
+                extra: dict[str, str] | None = None) -> Path:
+    """Write ``df`` as Parquet (atomically) with ``key`` (and ``extra``) in the schema metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[KEY] = key.encode()
+    for k, v in (extra or {}).items():
+        meta[f"auglens_{k}".encode()] = str(v).encode()
+    with atomic_path(path) as tmp:
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
+    return path
+
+
+def read_key(path: Path) -> str | None:
+    """The key stored by `write_keyed`, or None if the file is missing or unreadable."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return None
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except Exception:  # corrupt file: recompute
+        return None
+    v = meta.get(KEY)
+    return v.decode() if v else None
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return {k.decode()[8:]: v.decode() for k, v in meta.items() if k.startswith(b"auglens_")}
+
+
+def _explanation(run_dir: Path, method: str, variant: str, seed: int):
+    path = explanation_path(run_dir, method, variant, seed)
+    if not path.is_file():
+        raise AuglensError(f"no {method} explanation for {variant}/seed{seed} ({path}); run "
+                           f"`auglens explain {run_dir} --method {method}` first")
+    return read_explanation(path)
+
+
+def evaluate_key(expl_key: str, ecfg: EvaluateConfig) -> str:
+    cfg = {f: getattr(ecfg, f) for f in _CELL_FIELDS}
+    return config_hash({"explanation": expl_key, "evaluate": cfg, "version": 1})
+
+
+def regions_of(test: Any, ids: torch.Tensor) -> torch.Tensor | None:
+    """Ground-truth regions bool (N, H, W) of test images ``ids``: the object masks, else the
+    union of the boxes, else None (the dataset has neither)."""
+    if test.masks is not None:
+        return test.masks[ids].bool()
+    if test.boxes is not None:
+        b = test.boxes[ids]
+        h, w = test.images.shape[-2:]
+        return boxes_to_mask(b if b.ndim == 3 else b[:, None, :], h, w)
+    return None
+
+
+def evaluate_cell(
+    cfg: CellConfig,
+    run_dir: str | Path,
+    variant: str,
+    seed: int,
+    method: str,
+    ecfg: EvaluateConfig,
+    device: str = "auto",
+    force: bool = False,
+) -> tuple[Path, bool]:
+    """Alignment and faithfulness of one cell's stored ``method`` maps → (file, cached)."""
+    run_dir = Path(run_dir)
+    tensors, meta = _explanation(run_dir, method, variant, seed)
+    key = evaluate_key(meta.get("key", ""), ecfg)
+    path = evaluation_path(run_dir, method, variant, seed)
+    cpath = curves_path(run_dir, method, variant, seed)
+    if not force and read_key(path) == key and (not ecfg.faithfulness or read_key(cpath) == key):
+        return path, True
+    data = load_dataset(cfg)
+    ids = tensors["image_ids"].long()
+    size = tuple(data.test.images.shape[-2:])
+    maps = tensors["maps"].float()
+    if not torch.isfinite(maps).all():
+        raise AuglensError(f"{explanation_path(run_dir, method, variant, seed)}: maps contain "
+                           "NaN or inf; re-run `auglens explain --force`")
+    maps = upsample(maps, size)
+    targets = tensors["targets"].long()
+    probs = torch.softmax(tensors["logits"].double(), 1)
+    rows: list[pd.DataFrame] = []
+    notes = {"map_upsampling": "bilinear, align_corners=False, feature → input resolution"}
+
+    def add(name: str, values: torch.Tensor, which: torch.Tensor) -> None:
+        rows.append(pd.DataFrame({"image_id": which.numpy().astype(np.int64), "metric": name,
+                                  "value": values.double().cpu().numpy()}))
+
+    if ecfg.alignment:
+        regions = regions_of(data.test, ids)
+        if regions is None:
+            notes["alignment"] = "skipped: the dataset has no object masks or boxes"
+        else:
+            add("energy_pointing_game", energy_pointing_game(maps, regions), ids)
+            add("effective_heat_ratio", effective_heat_ratio(maps, regions), ids)
+            add("box_fraction", box_fraction(regions), ids)
+            add("target_prob", probs.gather(1, targets[:, None])[:, 0], ids)
+            notes["alignment"] = "mask" if data.test.masks is not None else "boxes"
+    curves_df = None
+    if ecfg.faithfulness:
+        n = len(ids) if ecfg.n_images is None else min(ecfg.n_images, len(ids))
+        sel = ids[:n]
+        dev = resolve_device(device)
+        model = load_cell_model(cell_dir(run_dir, variant, seed), cfg, data.num_classes).to(dev)
+        images = data.normalize(data.test.images[sel].to(dev).float().div_(255))
+        curves = deletion_insertion_curves(
+            model, images, maps[:n].to(dev), targets[:n].to(dev), n_steps=ecfg.n_steps,
+            n_random=ecfg.n_random, seed=ecfg.seed, image_ids=sel, blur_kernel=ecfg.blur_kernel,
+            blur_sigma=ecfg.blur_sigma, max_batch=ecfg.max_batch,
+        )  # fmt: skip
+        for name, values in faithfulness_scores(curves).items():
+            add(name, values, sel)
+        parts = []
+        for (kind, order), c in curves.items():
+            c = c.double().cpu()
+            steps = c.shape[1]
+            sem = c.std(0) / max(c.shape[0], 1) ** 0.5 if c.shape[0] > 1 else torch.zeros(steps)
+            parts.append(pd.DataFrame({
+                "kind": kind, "order": order, "step": np.arange(steps),
+                "fraction": np.arange(steps) / (steps - 1), "score": c.mean(0).numpy(),
+                "sem": sem.numpy(), "n_images": c.shape[0],
+            }))
+        curves_df = pd.concat(parts, ignore_index=True)
+        notes["faithfulness"] = f"{n} images"
+    df = (pd.concat(rows, ignore_index=True) if rows
+          else pd.DataFrame({"image_id": pd.Series(dtype="int64"), "metric": pd.Series(dtype=str),
+                             "value": pd.Series(dtype="float64")}))
+    if curves_df is not None:
+        write_keyed(curves_df, cpath, key)
+    write_keyed(df, path, key, {"notes": json.dumps(notes), "method": method})
+    return path, False
+
+
+# ----------------------------------------------------------------------------- dissection
+
+
+def dissect_key(cfg: CellConfig, weights_sha: str, dcfg: DissectConfig) -> str:
+    return config_hash({"data": cfg.data.model_dump(mode="json"), "weights": weights_sha,
+                        "layer": cfg.model.target_layer, "n_images": dcfg.n_images,
+                        "quantile": dcfg.quantile, "iou": dcfg.iou_threshold, "version": 1})
+
+
+def dissect_cell(
+    cfg: CellConfig,
+    run_dir: str | Path,
+    variant: str,
+    seed: int,
+    dcfg: DissectConfig,
+    device: str = "auto",
+    force: bool = False,
+) -> tuple[Path, bool]:
+    """Network Dissection of one cell's target layer on the test split's concept labels →
+    (per-unit table file, cached). Needs a dataset with concept labels."""
+    run_dir = Path(run_dir)
+    cdir = cell_dir(run_dir, variant, seed)
+    rec = cdir / "record.json"
+    if not rec.is_file():
+        raise AuglensError(f"cell {variant}/seed{seed} is not trained yet ({cdir})")
+    weights_sha = json.loads(rec.read_text())["weights_sha256"]
+    key = dissect_key(cfg, weights_sha, dcfg)
+    path = dissection_path(run_dir, variant, seed)
+    if not force and read_key(path) == key:
+        return path, True
+    data = load_dataset(cfg)
+    test = data.test
+    if test.concepts is None or not data.concept_names:
+        raise AuglensError(f"dataset '{cfg.data.name}' has no concept labels; Network "
+                           "Dissection needs a probe set with concepts (e.g. shapes, Broden)")
+    n = len(test) if dcfg.n_images is None else min(dcfg.n_images, len(test))
+    images, concepts = test.images[:n], test.concepts[:n]
+    model = load_cell_model(cdir, cfg, data.num_classes).to(resolve_device(device))
+    probe = probe_fingerprint(images, concepts, data.concept_names, data.concept_categories)
+    if force:
+        for old in cdir.glob("dissection-*.parquet"):
+            old.unlink()
+    result = dissect_cached(
+        model, images, concepts, data.normalize, data.concept_names, data.concept_categories,
+        checkpoint_path=cdir / WEIGHTS, cache_dir=cdir, layer=cfg.model.target_layer,
+        probe_key=probe, batch_size=dcfg.batch_size, iou_threshold=dcfg.iou_threshold,
+        quantile=dcfg.quantile,
+    )  # fmt: skip
+    table = result.table()
+    table.insert(0, "layer", result.layer)
+    write_keyed(table, path, key, {"summary": json.dumps(result.summary())})
+    return path, False
