@@ -213,6 +213,20 @@ def test_bare_run_renders_with_reasons(bare_run):
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; co" in page
 
 
+def test_without_noise_floor(full_run, tmp_path):
+    """A single-seed run has no noise floor: variants are ranked by their raw similarity."""
+    run = _copy(full_run, tmp_path / "run", ["explanations/iba"])
+    for name in ("similarity_seed_mean", "summary_a"):
+        p = run / "tables" / f"{name}.parquet"
+        df = pd.read_parquet(p)
+        df[df.variant != "noise_floor"].to_parquet(p, index=False)
+    out = build_report(run)
+    assert out["sections"]["changed"] == out["sections"]["study-a"] == "rendered"
+    md = out["markdown"].read_text()
+    assert "With a single seed there is no noise floor;" in md
+    assert "noise_floor |" not in md
+
+
 def test_nan_shown_with_counts(full_report):
     page = full_report["html"].read_text()
     assert '<td class="nan" data-v="NaN">NaN [NaN, NaN]</td>' in page

@@ -33,8 +33,8 @@ def is_nan(v: object) -> bool:
 
 
 def fmt(v: object, digits: int = 3) -> str:
-    """Display text: NaN → "NaN", None/NA → "—", floats with ``digits`` decimals (tiny values in
-    scientific notation), bools → yes/no, everything else ``str``."""
+    """Display text: NaN → "NaN", None/NA → "—", floats with ``digits`` decimals (|v| < 0.01 with
+    3 significant digits), bools → yes/no, everything else ``str``."""
     if isinstance(v, Cell):
         return v.text
     if v is None or v is pd.NA or v is pd.NaT:
@@ -49,8 +49,8 @@ def fmt(v: object, digits: int = 3) -> str:
             return "NaN"
         if math.isinf(v):
             return "inf" if v > 0 else "-inf"
-        if v != 0 and abs(v) < 10 ** (-digits):
-            return f"{v:.2e}"
+        if v != 0 and abs(v) < 0.01:
+            return f"{v:.3g}"
         return f"{v:.{digits}f}"
     return str(v)
 

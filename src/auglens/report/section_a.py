@@ -202,9 +202,15 @@ def changed_section(run: Run) -> tuple[Section, dict[int, str]]:
         sec.miss("tables have no metric with a known direction (e.g. spearman, mad)")
         return sec, {}
     has_floor = (per.variant == NOISE_FLOOR).any()
-    rows = [_variant_row(per, summary, m) for m in metrics]
-    table = pd.concat([r for r in rows if r is not None], ignore_index=True)
-    main_rows = table[table.metric == main].sort_values("gap", ascending=False, kind="stable")
+    rows = [r for r in (_variant_row(per, summary, m) for m in metrics) if r is not None]
+    if not rows:
+        sec.miss(f"{tdir}/similarity_seed_mean.parquet has no augmented variant to rank")
+        return sec, {}
+    table = pd.concat(rows, ignore_index=True)
+    main_rows = table[table.metric == main]
+    sign = 1.0 if higher_is_similar(main) else -1.0
+    key = main_rows.gap if has_floor else -sign * main_rows["mean"]
+    main_rows = main_rows.iloc[np.argsort(-key.fillna(-np.inf).to_numpy(), kind="stable")]
     sec.table(main_rows.drop(columns=["metric"]).reset_index(drop=True),
               f"{_name(method)}, {main}: variants ranked by how far their mean lies beyond the "
               "noise floor (gap > 0 = less similar to the baseline than chance); "
@@ -272,7 +278,7 @@ def _image_rows(per: pd.DataFrame, metric: str, has_floor: bool, n: int = 10) ->
 
 def _reading_changed(rows: pd.DataFrame, images: pd.DataFrame, metric: str, method: str,
                      has_floor: bool) -> str:
-    valid = rows.dropna(subset=["gap"])
+    valid = rows.dropna(subset=["gap" if has_floor else "mean"])
     if valid.empty:
         return f"No {metric} values with a noise floor to rank ({_name(method)})."
     top = valid.iloc[0]

@@ -9,7 +9,7 @@ import pandas as pd
 
 from . import figures
 from .gallery import METHOD_NAMES
-from .html import Section, ci_cell, path_png
+from .html import Section, ci_cell, fmt, path_png
 from .load import Run
 
 ALIGNMENT = ["energy_pointing_game", "effective_heat_ratio"]
@@ -60,13 +60,21 @@ def _best(summary: pd.DataFrame, metric: str, method: str, higher: bool) -> str:
     if m.empty:
         return ""
     r = m.loc[m["mean"].idxmax() if higher else m["mean"].idxmin()]
-    return f"{r.variant} ({r['mean']:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}])"
+    return f"{r.variant} ({ci_cell(r['mean'], r.ci_low, r.ci_high).text})"
 
 
 def _vs_baseline(summary: pd.DataFrame, metric: str, method: str, base: str) -> str:
-    r = summary[(summary.metric == metric) & (summary.method == method)
-                & (summary.variant == base)]
-    return f"; the baseline has {r['mean'].iloc[0]:.3f}" if len(r) else ""
+    m = summary[(summary.metric == metric) & (summary.method == method)].dropna(subset=["mean"])
+    b = m[m.variant == base]
+    if m.empty or b.empty:
+        return ""
+    top, b = m.loc[m["mean"].idxmax()], b.iloc[0]
+    if top.variant == base:
+        return " (the baseline itself)"
+    text = f"; the baseline has {fmt(b['mean'])}"
+    if top.ci_low > b.ci_high:
+        return text + ", and the two 95 % CIs do not overlap"
+    return text + ", but the 95 % CIs overlap, so this is not a clear difference"
 
 
 def study_b_section(run: Run) -> Section:
@@ -156,7 +164,8 @@ def study_b_section(run: Run) -> Section:
             if len(r):
                 r = r.iloc[0]
                 readings.append(f"Label mixing changes {r.family}'s delta_del by "
-                                f"{r.difference:+.3f} ({r.method}).")
+                                f"{'+' if r.difference >= 0 else ''}{fmt(r.difference)} "
+                                f"({METHOD_NAMES.get(r.method, r.method)}).")
             _plot(sec, run, "label_mixing", "Label-mixing pairs", None)
 
     sec.sub("Network Dissection: concept detectors")
