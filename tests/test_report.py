@@ -296,7 +296,7 @@ def _column(page, table_id, col):
         f".map(r => r.cells[{col}].getAttribute('data-v') ?? r.cells[{col}].textContent)")
 
 
-def test_browser_full_report(browser, full_report, tmp_path):
+def test_browser_full_report(browser, full_report, tmp_path, capsys):
     out = full_report
     page, errors = _open(browser, out["html"])
     _check_page(page, errors, out["titles"].values())
@@ -353,7 +353,8 @@ def test_browser_full_report(browser, full_report, tmp_path):
     phone_shot = tmp_path / "report_390.png"
     phone.screenshot(path=str(phone_shot), full_page=True)
     phone.close()
-    print(f"\nscreenshots: {shot} {phone_shot}")
+    with capsys.disabled():
+        print(f"\nreport screenshots: {shot} {phone_shot}")
 
 
 @pytest.mark.parametrize("which", ["no_study_b", "bare_run"])

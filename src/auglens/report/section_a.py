@@ -85,8 +85,8 @@ def _reading_a(summary: pd.DataFrame, method: str) -> str:
         if floor is not None and (r["mean"] >= floor["mean"] if up else r["mean"] <= floor["mean"]):
             text.append(f"Every augmentation's maps stay closer to the baseline than baselines of "
                         f"different seeds are to each other {direction}: even the least similar, "
-                        f"{worst} ({ci}), is inside the {fl}, so augmentation changed the maps "
-                        "less than retraining with another seed does.")
+                        f"{worst} ({ci}), is more similar than the {fl}, so augmentation "
+                        "changed the maps less than retraining with another seed does.")
         else:
             s = f"{direction[0].upper()}{direction[1:]}, {worst} diverges most from the " \
                 f"baseline: mean {ci}" + (f" vs {fl}" if fl else "")
@@ -280,11 +280,15 @@ def _reading_changed(rows: pd.DataFrame, images: pd.DataFrame, metric: str, meth
                      has_floor: bool) -> str:
     valid = rows.dropna(subset=["gap" if has_floor else "mean"])
     if valid.empty:
-        return f"No {metric} values with a noise floor to rank ({_name(method)})."
+        return f"No {metric} values to rank ({_name(method)})."
     top = valid.iloc[0]
     if not has_floor:
         text = (f"With a single seed there is no noise floor; {top.variant} has the least "
                 f"similar {_name(method)} maps on {metric} (mean {top['mean']:.3f}).")
+    elif not top.gap > 0:
+        text = (f"No augmentation moved its {_name(method)} maps further from the baseline than "
+                f"the seed noise floor on {metric}: even the least similar, {top.variant}, has "
+                f"mean {top['mean']:.3f} vs noise floor {top['noise floor']:.3f}.")
     else:
         text = (f"{top.variant} diverges most from the baseline: mean {metric} "
                 f"{top['mean']:.3f} vs noise floor {top['noise floor']:.3f} "

@@ -182,10 +182,13 @@ def performance_section(run: Run) -> Section:
         text.append(f"The baseline reaches {t.accuracy[base]:.4f} test accuracy"
                     + (f" (sd {t['accuracy sd'][base]:.4f} over {t.seeds[base]} seeds)"
                        if t.seeds[base] > 1 else " (one seed)") + ".")
-    text.append(f"The most accurate variant is {best} ({t.accuracy[best]:.4f}), the least "
-                f"accurate {worst} ({t.accuracy[worst]:.4f})"
-                + (f", {t.accuracy[worst] - t.accuracy[base]:+.4f} vs the baseline"
-                   if base in t.index and worst != base else "") + ".")
+    if t.accuracy[best] == t.accuracy[worst]:
+        text.append(f"Every variant reaches the same mean accuracy ({t.accuracy[best]:.4f}).")
+    else:
+        text.append(f"The most accurate variant is {best} ({t.accuracy[best]:.4f}), the least "
+                    f"accurate {worst} ({t.accuracy[worst]:.4f})"
+                    + (f", {t.accuracy[worst] - t.accuracy[base]:+.4f} vs the baseline"
+                       if base in t.index and worst != base else "") + ".")
     if len(ranges):
         widest = ranges.idxmax()
         text.append(f"Retraining with another seed moves a variant's accuracy by "
