@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..errors import AuglensError
 from ..registry import Registry
+from .images import LazyImages, take_images
 
 #: name -> builder(cfg: DataConfig) -> Dataset
 DATASETS: Registry = Registry("dataset")
@@ -15,17 +17,36 @@ DATASETS: Registry = Registry("dataset")
 CONCEPT_CATEGORIES = ("object", "part", "scene", "material", "texture", "color")
 
 
+def check_source(name: str, params: dict | None = None) -> None:
+    """Cheap check (no decoding) that the files a dataset config points at exist and have the
+    expected layout; raises AuglensError naming the missing path and the layout. Builders opt in
+    with a ``check`` attribute taking the builder's keyword parameters."""
+    builder = DATASETS.get(name)
+    check = getattr(builder, "check", None)
+    if check is None:
+        return
+    try:
+        check(**(params or {}))
+    except TypeError as e:
+        raise AuglensError(f"bad parameter for dataset '{name}': {e}") from None
+
+
 @dataclass
 class ImageSet:
     """One split. Shapes: images uint8 (N, 3, H, W); labels int64 (N,).
 
+    ``images`` is a tensor, or for data too large for memory a `LazyImages` (decoded on demand,
+    indexed like the tensor: ``images[idx]`` → uint8 (B, 3, H, W), ``len``, ``.shape``).
+
     Optional ground truth (None where a dataset has none):
     masks bool (N, H, W), True on the object; boxes int64 (N, 4) as (x1, y1, x2, y2) with exclusive
-    ends, so the box region is ``[y1:y2, x1:x2]``; concepts int16 (N, K, H, W): for each of the
-    dataset's K concept *layers* the global concept id of every pixel, 0 = unlabelled.
+    ends, so the box region is ``[y1:y2, x1:x2]``, or (N, M, 4) for several boxes per image padded
+    with empty (0, 0, 0, 0) boxes (masks are then the union of an image's boxes, possibly a lazy
+    `BoxMasks`); concepts int16 (N, K, H, W): for each of the dataset's K concept *layers* the
+    global concept id of every pixel, 0 = unlabelled.
     """
 
-    images: Tensor
+    images: Tensor | LazyImages
     labels: Tensor
     masks: Tensor | None = None
     boxes: Tensor | None = None
@@ -36,10 +57,10 @@ class ImageSet:
 
     def subset(self, idx: Tensor) -> ImageSet:
         def take(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t[idx]
+            return None if t is None else take_images(t, idx)
 
         return ImageSet(
-            self.images[idx],
+            take_images(self.images, idx),
             self.labels[idx],
             take(self.masks),
             take(self.boxes),

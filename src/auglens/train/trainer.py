@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ..augment import build_augmentation
 from ..config import CellConfig, TrainConfig
 from ..data import DATASETS, Dataset, ImageSet
+from ..data.images import iter_batches
 from ..models import build_model, save_weights
 from ..utils import atomic_path, derive_seed, make_generator, resolve_device, software_versions
 from ..utils import write_json as _write_json
@@ -168,7 +169,9 @@ def train_cell(
         opt = make_optimizer(model, tc)
         base_lrs = [g["lr"] for g in opt.param_groups]
         scaler = torch.amp.GradScaler(device.type, enabled=tc.amp and device.type == "cuda")
-        train_images = data.train.images.to(device)
+        train_images = data.train.images  # a LazyImages stays on disk, decoded per batch
+        if isinstance(train_images, Tensor):
+            train_images = train_images.to(device)
         train_labels = data.train.labels.to(device)
         steps_per_epoch = len(data.train) // tc.batch_size
         total = steps_per_epoch * tc.epochs
@@ -179,10 +182,11 @@ def train_cell(
         for epoch in range(tc.epochs):
             model.train()
             loss_sum, correct, seen = 0.0, 0.0, 0
-            for idx in batch_order(len(data.train), tc.batch_size, cfg.seed, epoch):
+            batches = batch_order(len(data.train), tc.batch_size, cfg.seed, epoch)
+            for idx, xb in zip(batches, iter_batches(train_images, batches, device), strict=True):
                 order_hash.update(idx.numpy().tobytes())
                 idx_d = idx.to(device)
-                x = train_images[idx_d].float().div_(255)
+                x = xb.float().div_(255)
                 y = F.one_hot(train_labels[idx_d], data.num_classes).float()
                 x, y, log = augment(x, y, aug_gen)
                 if log:
