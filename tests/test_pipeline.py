@@ -126,7 +126,8 @@ def test_bad_force_and_set_keys(reference, capsys):
     assert main(["run", str(exp), "--out", str(reference), "--set", "train.epoch=2"]) == 2
     assert "train.epoch: unknown field" in capsys.readouterr().err
     assert main(["run", "--preset", "nope"]) == 2
-    assert "unknown preset 'nope'; valid presets: quick" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown preset 'nope'; valid presets: paper-a, paper-b, quick" in err
 
 
 def _kill_when(cmd: list[str], ready, timeout: float = 300) -> None:

@@ -13,7 +13,14 @@ from typing import Any
 
 from .errors import AuglensError
 
-PRESETS = ("quick",)
+
+def _presets() -> tuple[str, ...]:
+    """Names of the YAML files shipped in ``auglens/presets``."""
+    root = resources.files("auglens") / "presets"
+    return tuple(sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml")))
+
+
+PRESETS = _presets()
 
 
 def _preset_raw(name: str) -> dict[str, Any]:
@@ -201,8 +208,9 @@ def cmd_report(args: argparse.Namespace) -> int:
                            "create one with `auglens run`")
     res = build_report(args.run_dir)
     print(f"wrote {res['html']} and {res['markdown']}")
-    for name, why in (res.get("missing") or {}).items():
-        print(f"  section '{name}' not shown: {why}")
+    for sid, reasons in (res.get("missing") or {}).items():
+        for r in reasons:
+            print(f"  {res['titles'][sid]} ({res['sections'][sid]}): {r}")
     return 0
 
 
