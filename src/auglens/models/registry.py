@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 
@@ -99,7 +101,7 @@ def build_model(
     if input_size is not None:
         model = InputResize(model, input_size)
     if checkpoint is not None:
-        load_weights(model, checkpoint)
+        load_weights(model, checkpoint, num_classes=num_classes)
     return model
 
 
@@ -151,8 +153,15 @@ def save_weights(model: nn.Module, path: str | Path) -> str:
     return file_sha256(path)
 
 
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model")
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Read a safetensors file, or a torch file with ``weights_only=True`` (no arbitrary code)."""
+    """Read a safetensors file, or a torch file with ``weights_only=True`` (no arbitrary code).
+
+    A torch file may hold the state dict itself or under "state_dict", "model_state_dict" or
+    "model" (common training checkpoints). A pickle that needs anything but tensors and plain
+    containers is refused with an AuglensError naming the file and the offending global."""
     path = Path(path)
     if not path.is_file():
         raise AuglensError(f"checkpoint not found: {path}")
@@ -165,22 +174,67 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             raise AuglensError(f"corrupt checkpoint {path}: {e}") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        m = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(e), re.IGNORECASE)
+        what = f"'{m.group(1)}'" if m else "objects other than tensors"
+        raise AuglensError(
+            f"cannot load checkpoint {path} safely: refused, it is a pickle that needs {what} to "
+            "load, which could run arbitrary code (auglens loads torch files with "
+            "weights_only=True). Re-save the weights as a plain state_dict "
+            "(torch.save(model.state_dict(), path)) or as .safetensors"
+        ) from None
     except Exception as e:
         raise AuglensError(
             f"cannot load checkpoint {path} safely (weights_only=True refused or file corrupt): "
             f"{str(e).splitlines()[0]}; save a plain state_dict or a .safetensors file"
         ) from e
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
+    if isinstance(obj, dict):
+        for key in _NESTED_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise AuglensError(f"checkpoint {path} does not hold a state_dict of tensors")
     return obj
 
 
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a checkpoint into ``model`` strictly; mismatched keys or shapes give a clear error."""
-    state = read_state_dict(path)
+def _align_keys(state: dict[str, Tensor], own: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Adapt common key prefixes: strip "module." (DataParallel) and add "net." when the model is
+    wrapped in `InputResize` but the checkpoint is of the bare network (e.g. torchvision's)."""
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if own and all(k.startswith("net.") for k in own) and not any(k in own for k in state):
+        state = {"net." + k: v for k, v in state.items()}
+    return state
+
+
+def _head(model: nn.Module) -> tuple[str, nn.Linear] | None:
+    """The last ``nn.Linear`` of ``model`` (its classifier head), by module order."""
+    heads = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return heads[-1] if heads else None
+
+
+def load_weights(model: nn.Module, path: str | Path, num_classes: int | None = None) -> nn.Module:
+    """Load a checkpoint into ``model`` strictly; mismatched keys or shapes give a clear error.
+
+    A checkpoint whose classifier head (the model's last ``nn.Linear``) has another number of
+    outputs is reported as a class-count mismatch naming the file and both counts (checked when
+    ``num_classes``, the data's class count, is None or the head's size). Keys saved with a
+    "module." prefix, or without the "net." prefix of an `InputResize` wrapper, are accepted."""
     own = model.state_dict()
+    state = _align_keys(read_state_dict(path), own)
+    head = _head(model)
+    if head is not None and num_classes in (None, head[1].out_features):
+        key = f"{head[0]}.weight"
+        want = head[1].out_features
+        got = state.get(key)
+        if got is not None and got.ndim == 2 and got.shape[0] != want:
+            raise AuglensError(
+                f"class-count mismatch: checkpoint {path} has {got.shape[0]} output classes but "
+                f"the data has {want} classes (shape mismatch {key}: checkpoint "
+                f"{tuple(got.shape)} vs model {tuple(own[key].shape)}); use a checkpoint trained "
+                "on these classes"
+            )
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     bad_shape = [
