@@ -269,30 +269,47 @@ def _print_summary(out: Path, result: dict[str, Any], seconds: float) -> None:
 
     perf = result["performance"]
     acc = perf.groupby("variant", sort=False)["accuracy"].agg(["mean", "std"])
-    summary_path = out / "tables" / "summary_a.parquet"
-    summary = pd.read_parquet(summary_path) if summary_path.is_file() else None
+
+    def read(name: str) -> pd.DataFrame | None:
+        path = out / "tables" / f"{name}.parquet"
+        return pd.read_parquet(path) if path.is_file() else None
+
+    summary, summary_b = read("summary_a"), read("summary_b")
+    if summary is not None:
+        summary = summary[summary.target == "predicted"]
+    if summary_b is not None:
+        summary_b = summary_b[summary_b.method == summary_b.method.iloc[0]]
     table = Table(title=f"auglens run: {out}  ({seconds:.0f}s)")
     table.add_column("variant")
     table.add_column("accuracy ± sd", justify="right")
-    cols = ["spearman", "overlap@5", "overlap@20"]
-    for c in cols:
-        table.add_column(f"{c} [95% CI]", justify="right")
+    cols_a = ["spearman", "overlap@10"] if summary is not None else []
+    cols_b = ["energy_pointing_game", "delta_ins"] if summary_b is not None else []
+    names = {"energy_pointing_game": "energy PG", "delta_ins": "ΔIns"}
+    for c in cols_a + cols_b:
+        table.add_column(f"{names.get(c, c)} [95% CI]", justify="right")
     for variant, row in acc.iterrows():
         cells = [f"{row['mean']:.4f} ± {0 if pd.isna(row['std']) else row['std']:.4f}"]
-        for c in cols:
-            cells.append(_ci_cell(summary, variant, c))
+        cells += [_ci_cell(summary, variant, c) for c in cols_a]
+        cells += [_ci_cell(summary_b, variant, c) for c in cols_b]
         table.add_row(variant, *cells)
     if summary is not None:
-        table.add_row("noise floor", "", *[_ci_cell(summary, "noise_floor", c) for c in cols])
-    Console().print(table)
-    print(f"tables: {out / 'tables'}   plots: {out / 'plots'}   log: {out / 'run.log'}")
+        table.add_row("noise floor", "", *[_ci_cell(summary, "noise_floor", c) for c in cols_a],
+                      *["" for _ in cols_b])
+    console = Console()
+    if not console.is_terminal or console.width < 130:
+        console = Console(width=130)
+    console.print(table)
+    for stage, why in result.get("skipped", {}).items():
+        print(f"skipped {stage}: {why}")
+    report = out / "report" / "index.html"
+    print(f"report: {report if report.is_file() else '(not written)'}   tables: {out / 'tables'}"
+          f"   log: {out / 'run.log'}")
 
 
 def _ci_cell(summary, variant: str, metric: str) -> str:
     if summary is None:
         return ""
-    r = summary[(summary.variant == variant) & (summary.metric == metric)
-                & (summary.target == "predicted")]
+    r = summary[(summary.variant == variant) & (summary.metric == metric)]
     if r.empty:
         return "—"
     r = r.iloc[0]
