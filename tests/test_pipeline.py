@@ -200,5 +200,5 @@ def test_ray_executor_equals_local(reference, tmp_path):
 
 def test_local_worker_processes_equal_in_process(reference, tmp_path):
     exp = reference.parent / "exp.yaml"
-    assert main(["run", str(exp), "--out", str(tmp_path / "run"), "--workers", "2", "--quiet"]) == 0
+    assert main(["run", str(exp), "--out", str(tmp_path / "run"), "--workers", "1", "--quiet"]) == 0
     assert_same_tables(reference, tmp_path / "run")

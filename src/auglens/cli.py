@@ -235,7 +235,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{exp.name}: {len(exp.variants)} variants × {len(exp.seeds)} seeds = "
               f"{len(cells)} cells → {out}")
         for variant, spec in exp.variants.items():
-            desc = " + ".join(a["name"] for a in spec) or "(no augmentation)"
+            desc = " + ".join(
+                a["name"] + (f"({', '.join(f'{k}={v}' for k, v in a.items() if k != 'name')})"
+                             if len(a) > 1 else "") for a in spec) or "(no augmentation)"
             print(f"  {variant:<16} {desc}")
         print("\n".join(make_plan(exp, out, methods, args.n_images, force).lines()))
         return 0
@@ -394,7 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "report (repeatable)")
     s.add_argument("--dry-run", action="store_true", help="print the grid and what is cached")
     s.add_argument("--executor", default="local", help="local (default) or ray")
-    s.add_argument("--workers", type=int, default=1, help="local worker processes")
+    s.add_argument("--workers", type=int, default=None,
+                   help="local worker processes (default: one per CPU core, at most 8; 1 with "
+                        "CUDA)")
     s.add_argument("--address", default=None, help="Ray cluster address (default: start one)")
     s.add_argument("--wait", action="store_true", help="wait if another run holds the directory")
     s.add_argument("--quiet", action="store_true", help="no progress output (see run.log)")
