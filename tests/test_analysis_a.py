@@ -93,3 +93,25 @@ def test_correlations_equal_scipy_and_pair_frequency_by_hand():
     lab = clusters.set_index("variant")["cluster"]
     assert lab["a"] == lab["b"] and lab["a"] != lab["d"]
     assert z.shape == (3, 4)
+
+
+def test_every_correlation_equals_scipy_with_nans_and_ties():
+    rng = np.random.default_rng(1)
+    vals = {v: np.round(rng.normal(size=40), 1) for v in "abcd"}  # rounding makes ties
+    vals["b"][[3, 7]] = np.nan
+    vals["c"][[7, 9]] = np.nan
+    rows = [(i, v, 0, "baseline", "predicted", "m", x[i]) for v, x in vals.items()
+            for i in range(40)]
+    sim = pd.DataFrame(
+        rows, columns=["image_id", "variant", "seed", "reference", "target", "metric", "value"]
+    )
+    corr = correlations(seed_average(sim))
+    for row in corr.itertuples():
+        x, y = vals[row.variant_a], vals[row.variant_b]
+        keep = ~np.isnan(x) & ~np.isnan(y)
+        assert row.n_images == keep.sum()
+        if row.variant_a == row.variant_b:
+            assert row.r == 1.0
+            continue
+        f = stats.pearsonr if row.method == "pearson" else stats.spearmanr
+        assert row.r == pytest.approx(f(x[keep], y[keep])[0], abs=1e-12)

@@ -40,12 +40,14 @@ class Executor:
 
 class LocalExecutor(Executor):
     """``workers`` = 1: in this process, in order. More: a spawn-based process pool, each worker
-    with ``cpu_count // workers`` torch threads."""
+    with ``cpu_count // workers`` torch threads, kept alive across `map` calls (stages) until
+    `close`, so workers import torch and load the dataset once per run."""
 
     def __init__(self, workers: int = 1) -> None:
         if workers < 1:
             raise AuglensError(f"--workers must be >= 1, got {workers}")
         self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
 
     def map(self, fn: Callable[..., Any], tasks: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
         if self.workers == 1 or len(tasks) <= 1:
@@ -55,10 +57,21 @@ class LocalExecutor(Executor):
         import multiprocessing as mp
 
         threads = _threads_for(self.workers)
-        with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(_call, fn, args, threads): i for i, args in enumerate(tasks)}
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+        futures = {self._pool.submit(_call, fn, args, threads): i for i, args in enumerate(tasks)}
+        try:
             for fut in as_completed(futures):
                 yield futures[fut], fut.result()
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 class RayExecutor(Executor):

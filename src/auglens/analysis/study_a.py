@@ -76,35 +76,37 @@ def correlations(per_image: pd.DataFrame, target: str = "predicted") -> pd.DataF
     for metric in per_image.metric.unique():
         wide = _wide(per_image, metric, target)
         variants = list(wide.columns)
+        values = wide.to_numpy(np.float64)
+        finite = ~np.isnan(values)
         for method in ("pearson", "spearman"):
-            for a in variants:
-                for b in variants:
-                    pair = wide[[a, b]].dropna() if a != b else wide[[a]].dropna()
-                    if a == b:
-                        r = 1.0 if len(pair) > 1 else float("nan")
-                    else:
-                        x, y = pair[a].to_numpy(), pair[b].to_numpy()
-                        r = _corr(x, y, method)
-                    rows.append(
-                        {
-                            "metric": metric,
-                            "method": method,
-                            "variant_a": a,
-                            "variant_b": b,
-                            "r": r,
-                            "n_images": len(pair),
-                        }
-                    )
+            r = np.full((len(variants), len(variants)), np.nan)
+            n = np.zeros((len(variants), len(variants)), dtype=np.int64)
+            for i in range(len(variants)):
+                n[i, i] = int(finite[:, i].sum())
+                r[i, i] = 1.0 if n[i, i] > 1 else np.nan
+                for j in range(i + 1, len(variants)):
+                    keep = finite[:, i] & finite[:, j]
+                    n[i, j] = n[j, i] = int(keep.sum())
+                    r[i, j] = r[j, i] = _corr(values[keep, i], values[keep, j], method)
+            for i, a in enumerate(variants):
+                for j, b in enumerate(variants):
+                    rows.append({"metric": metric, "method": method, "variant_a": a,
+                                 "variant_b": b, "r": float(r[i, j]), "n_images": int(n[i, j])})
     return pd.DataFrame(rows)
 
 
 def _corr(x: np.ndarray, y: np.ndarray, method: str) -> float:
-    from scipy import stats
+    """Pearson r, or Spearman ρ (Pearson r of average ranks, as scipy.stats.spearmanr); NaN for
+    fewer than 2 values or a constant input."""
+    from scipy.stats import rankdata
 
     if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
-    f = stats.pearsonr if method == "pearson" else stats.spearmanr
-    return float(f(x, y)[0])
+    if method != "pearson":
+        x, y = rankdata(x), rankdata(y)
+    xc, yc = x - x.mean(), y - y.mean()
+    r = float((xc @ yc) / np.sqrt((xc @ xc) * (yc @ yc)))
+    return max(-1.0, min(1.0, r))
 
 
 def pair_frequency(corr: pd.DataFrame, k: int = 4, method: str = "pearson") -> pd.DataFrame:
