@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from torchvision import transforms as T
 from torchvision.transforms.v2 import functional as TF
 
 from auglens.cli import main
@@ -16,7 +17,7 @@ from auglens.config import CellConfig, ExperimentConfig, load_config
 from auglens.data import DATASETS, BoxMasks, Geometry, LazyImages, check_source, iter_batches
 from auglens.data import images as images_mod
 from auglens.data.folder import read_voc, voc_boxes
-from auglens.data.images import ImageFiles, decode_file, pixel_range
+from auglens.data.images import ImageFiles, load_image, pixel_range
 from auglens.errors import AuglensError
 from auglens.train import train_cell
 
@@ -77,7 +78,7 @@ def build(root, **kw):
 # ----------------------------------------------------------------------------- geometry + boxes
 
 
-def test_geometry_plan_matches_torchvision_resize_and_center_crop():
+def test_geometry_plan_matches_torchvision_resize_and_center_crop(tmp_path):
     g = Geometry(224, 256)
     assert g.plan(500, 375) == (341, 256, 58, 16)  # round(58.5) = 58 (banker's, as torchvision)
     assert g.plan(300, 400) == (256, 341, 16, 58)
@@ -85,6 +86,14 @@ def test_geometry_plan_matches_torchvision_resize_and_center_crop():
     img = torch.from_numpy(noise(375, 500, 0)).permute(2, 0, 1).contiguous()
     ref = TF.center_crop(TF.resize(img, 256, antialias=True), [224, 224])
     assert torch.equal(g.apply(img), ref)
+    # files go through Pillow: identical to torchvision's classic Resize(256) + CenterCrop(224)
+    # on PIL images, and within ±1 of the tensor path
+    f = tmp_path / "x.png"
+    Image.fromarray(noise(375, 500, 0)).save(f)
+    classic = T.Compose([T.Resize(256), T.CenterCrop(224)])(Image.open(f).convert("RGB"))
+    got = load_image(f, g)
+    assert torch.equal(got, torch.from_numpy(np.array(classic)).permute(2, 0, 1))
+    assert (got.int() - ref.int()).abs().max() <= 1
     assert pixel_range(9.7 + 0.5, 146.6, 224) == (10, 147)
     assert pixel_range(-5.0, 0.4, 224) == (0, 0) and pixel_range(200.0, 300.0, 224) == (200, 224)
 
@@ -166,8 +175,10 @@ def test_folder_dataset_eager(folder):
     g = Geometry(32, 37)
     paths = sorted((folder / "val" / CLASSES[1]).iterdir())
     assert [p.name for p in paths] == [f"{CLASSES[1]}_0.JPEG", f"{CLASSES[1]}_1.png"]
+    classic = T.Compose([T.Resize(37), T.CenterCrop(32)])
     for j, p in enumerate(paths):
-        assert torch.equal(ds.test.images[2 + j], g.apply(decode_file(p)))
+        ref = np.array(classic(Image.open(p).convert("RGB")))
+        assert torch.equal(ds.test.images[2 + j], torch.from_numpy(ref).permute(2, 0, 1))
     grey = ds.test.images[3]
     assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])  # L → RGB
     # boxes: (N, M=1, 4) for the image's own class (the other object is ignored), masks = union
@@ -239,8 +250,10 @@ def test_disk_cache_reused_without_decoding(folder, tmp_path, monkeypatch):
     def no_decoding(path):
         raise AssertionError(f"decoded {path} despite the cache")
 
-    monkeypatch.setattr(images_mod, "decode_file", no_decoding)
+    monkeypatch.setattr(images_mod, "_open_rgb", no_decoding)
     assert torch.equal(b.train.images[:], first)
+    with pytest.raises(AssertionError, match="despite the cache"):  # the guard is live
+        LazyImages(ImageFiles(files.paths, files.geometry, 0))[0]
     assert len(list(cache.glob("images-*.u8"))) == 2  # train (with val) and test file lists
     c = build(folder, lazy=True, cache_dir=str(cache), image_size=24)  # other geometry
     assert c.train.images.files.cache_path != files.cache_path

@@ -360,11 +360,11 @@ def _check_imagefolder(
 def _decode_eager(files: ImageFiles, idx: np.ndarray, skip: bool) -> tuple[torch.Tensor, list]:
     """Decode files ``idx`` into memory; (uint8 (n_ok, 3, S, S), positions of corrupt ones)."""
     s = files.geometry.size
-    out = torch.empty((len(idx), 3, s, s), dtype=torch.uint8)
+    out = np.empty((len(idx), 3, s, s), dtype=np.uint8)
 
     def one(j: int) -> int | None:
         try:
-            out[j] = files.load(int(idx[j]))
+            out[j] = files.load_np(int(idx[j]))
         except CorruptImageError:
             if not skip:
                 raise
@@ -373,9 +373,8 @@ def _decode_eager(files: ImageFiles, idx: np.ndarray, skip: bool) -> tuple[torch
 
     bad = [j for j in files.map(one, range(len(idx))) if j is not None]
     if bad:
-        keep = np.setdiff1d(np.arange(len(idx)), bad)
-        out = out[torch.from_numpy(keep)]
-    return out, bad
+        out = out[np.setdiff1d(np.arange(len(idx)), bad)]
+    return torch.from_numpy(out), bad
 
 
 @DATASETS.register("imagefolder")

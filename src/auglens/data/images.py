@@ -9,9 +9,10 @@ Geometry (`Geometry`): an image of W×H pixels becomes S×S (``size``) by
   torchvision's ``center_crop``);
 * ``crop=False``: resize to S×S directly (aspect ratio not kept).
 
-Resizing is bilinear with antialiasing (``torchvision.transforms.v2.functional.resize`` on the
-uint8 tensor). A point (x, y) in original pixel-edge coordinates (pixel i spans [i, i+1)) maps to
-``(x * w'/W - left, y * h'/H - top)``; `Geometry.map_box` applies that to boxes.
+Files are resized with Pillow's bilinear filter, which is antialiased when downscaling
+(`Geometry.apply_pil`, single-threaded; `Geometry.apply` does the same on tensors with
+torchvision, equal up to ±1). A point (x, y) in original pixel-edge coordinates (pixel i spans
+[i, i+1)) maps to ``(x * w'/W - left, y * h'/H - top)``; `Geometry.map_box` applies that to boxes.
 
 Decoding: Pillow (JPEG, PNG, WEBP, BMP, TIFF, ...; grey, palette, CMYK and alpha converted to RGB;
 torchvision's decoders are deprecated since 0.29). A file Pillow cannot decode, including a
@@ -50,7 +51,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm",
 )  # fmt: skip
 #: Bump when decoded pixels change for the same file and geometry (invalidates disk caches).
-DECODER_VERSION = 1
+DECODER_VERSION = 2
 _CACHE_ALIGN = 4096
 
 
@@ -61,24 +62,32 @@ class CorruptImageError(AuglensError):
 # ----------------------------------------------------------------------------- decoding
 
 
-def decode_file(path: str | os.PathLike) -> Tensor:
-    """Decode one image file with Pillow → uint8 (3, H, W) RGB (grey, palette, CMYK and alpha
-    images converted). Missing or undecodable (e.g. truncated) files raise an AuglensError naming
-    the file (`CorruptImageError` for undecodable ones)."""
+def _open_rgb(path: str | os.PathLike) -> Any:
+    """Decode a file with Pillow → loaded RGB ``PIL.Image``; errors name the file."""
     from PIL import Image
 
     path = Path(path)
     try:
         with Image.open(path) as im:
             im.load()
-            arr = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+            return im if im.mode == "RGB" else im.convert("RGB")
     except FileNotFoundError:
         raise AuglensError(f"image not found: {path}") from None
     except PermissionError as e:
         raise AuglensError(f"cannot read image {path}: {e.strerror or e}") from None
     except Exception as e:  # noqa: BLE001 - Pillow raises many types for broken files
         raise CorruptImageError(f"corrupt image {path}: {type(e).__name__}: {e}") from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def _to_tensor(arr: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def decode_file(path: str | os.PathLike) -> Tensor:
+    """Decode one image file with Pillow → uint8 (3, H, W) RGB (grey, palette, CMYK and alpha
+    images converted). Missing or undecodable (e.g. truncated) files raise an AuglensError naming
+    the file (`CorruptImageError` for undecodable ones)."""
+    return _to_tensor(np.asarray(_open_rgb(path)))
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -123,8 +132,21 @@ class Geometry:
         x1, y1, x2, y2 = box
         return x1 * sx - left, y1 * sy - top, x2 * sx - left, y2 * sy - top
 
+    def apply_pil(self, im: Any) -> np.ndarray:
+        """An RGB ``PIL.Image`` → uint8 (size, size, 3): Pillow bilinear resize (antialiased when
+        downscaling), then the crop. Single-threaded, so decoding threads never contend with the
+        training step's intra-op threads."""
+        from PIL import Image
+
+        w, h = im.size
+        nw, nh, left, top = self.plan(w, h)
+        if (nw, nh) != (w, h):
+            im = im.resize((nw, nh), Image.BILINEAR)
+        return np.asarray(im)[top : top + self.size, left : left + self.size]
+
     def apply(self, img: Tensor) -> Tensor:
-        """uint8 (3, H, W) → uint8 (3, size, size)."""
+        """uint8 (3, H, W) → uint8 (3, size, size) with torchvision's antialiased bilinear resize
+        (equal to `apply_pil` up to ±1 rounding)."""
         from torchvision.transforms.v2 import functional as TF
 
         h, w = int(img.shape[-2]), int(img.shape[-1])
@@ -146,8 +168,8 @@ def pixel_range(lo: float, hi: float, n: int) -> tuple[int, int]:
 
 
 def load_image(path: str | os.PathLike, geometry: Geometry) -> Tensor:
-    """Decode and resize/crop one file → uint8 (3, size, size)."""
-    return geometry.apply(decode_file(path))
+    """Decode and resize/crop one file with Pillow (`Geometry.apply_pil`) → uint8 (3, S, S)."""
+    return _to_tensor(geometry.apply_pil(_open_rgb(path)))
 
 
 # ----------------------------------------------------------------------------- files + cache
@@ -251,15 +273,20 @@ class ImageFiles:
         return np.asarray(self._flags) == 1
 
     # -- decoding
+    def load_np(self, i: int) -> np.ndarray:
+        """File ``i`` → uint8 array (3, S, S), from the cache when it holds it (numpy only: no
+        torch op, so decoding threads never wake the intra-op thread pool)."""
+        if self._flags is not None and self._flags[i] == 1:
+            return np.array(self._data[i])
+        arr = self.geometry.apply_pil(_open_rgb(self.paths[i])).transpose(2, 0, 1)
+        if self._flags is not None:
+            self._data[i] = arr
+            self._flags[i] = 1  # after the pixels: a crash in between only loses the entry
+        return np.ascontiguousarray(arr)
+
     def load(self, i: int) -> Tensor:
         """File ``i`` → uint8 (3, S, S), from the cache when it holds it."""
-        if self._flags is not None and self._flags[i] == 1:
-            return torch.from_numpy(np.array(self._data[i]))
-        img = load_image(self.paths[i], self.geometry)
-        if self._flags is not None:
-            self._data[i] = img.numpy()
-            self._flags[i] = 1  # after the pixels: a crash in between only loses the entry
-        return img
+        return torch.from_numpy(self.load_np(i))
 
     def _executor(self) -> ThreadPoolExecutor | None:
         if self.workers <= 0:
@@ -281,20 +308,20 @@ class ImageFiles:
         """Files ``file_idx`` → uint8 (B, 3, S, S), decoded on the pool."""
         idx = [int(i) for i in file_idx]
         s = self.geometry.size
-        out = torch.empty((len(idx), 3, s, s), dtype=torch.uint8)
+        out = np.empty((len(idx), 3, s, s), dtype=np.uint8)
 
         def one(j: int) -> None:
-            out[j] = self.load(idx[j])
+            out[j] = self.load_np(idx[j])
 
         self.map(one, range(len(idx)))
-        return out
+        return torch.from_numpy(out)
 
     def find_corrupt(self, file_idx: Sequence[int] | np.ndarray) -> list[int]:
         """Decode (and cache) every file in ``file_idx``; the ones that are corrupt."""
 
         def check(i: int) -> int | None:
             try:
-                self.load(int(i))
+                self.load_np(int(i))
             except CorruptImageError:
                 return int(i)
             return None
