@@ -130,9 +130,23 @@ def test_bad_force_and_set_keys(reference, capsys):
     assert "unknown preset 'nope'; valid presets: paper-a, paper-b, quick" in err
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
 def _kill_when(cmd: list[str], ready, timeout: float = 300) -> None:
+    """Start ``cmd``, SIGKILL it once ``ready()``; its worker processes must then exit too."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.time()
+    children: list[int] = []
     try:
         while not ready():
             if proc.poll() is not None:
@@ -141,9 +155,16 @@ def _kill_when(cmd: list[str], ready, timeout: float = 300) -> None:
                 raise AssertionError("timed out waiting to kill")
             time.sleep(0.05)
     finally:
+        children = _children(proc.pid)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
+        time.sleep(0.1)
+    alive = [c for c in children if Path(f"/proc/{c}/stat").exists()
+             and Path(f"/proc/{c}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert not alive, f"worker processes outlived the killed run: {alive}"
 
 
 @pytest.mark.parametrize("stage", ["train", "explain", "evaluate"])
@@ -202,3 +223,34 @@ def test_local_worker_processes_equal_in_process(reference, tmp_path):
     exp = reference.parent / "exp.yaml"
     assert main(["run", str(exp), "--out", str(tmp_path / "run"), "--workers", "1", "--quiet"]) == 0
     assert_same_tables(reference, tmp_path / "run")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_events_reach_the_reporter_from_workers(tmp_path, workers):
+    from auglens.config import ExperimentConfig, load_config
+    from auglens.executors import LocalExecutor
+    from auglens.pipeline import Reporter, run_pipeline
+
+    class Recorder(Reporter):
+        def __init__(self):
+            super().__init__(quiet=True)
+            self.events = []
+
+        def task_progress(self, kind, name, done=0, total=0, note=""):
+            self.events.append((kind, name, done, total))
+
+    exp = load_config(ExperimentConfig, dict(
+        EXP, seeds=[0], train=dict(EXP["train"], epochs=2),
+        variants={"baseline": [], "affine": [{"name": "affine"}]},
+        evaluate={"enabled": False}, dissect={"enabled": False}))
+    rep = Recorder()
+    ex = LocalExecutor(workers)
+    try:
+        run_pipeline(exp, tmp_path / "run", ex, reporter=rep)
+    finally:
+        ex.close()
+    for cell in ("baseline/seed0", "affine/seed0"):
+        epochs = [e[2] for e in rep.events if e[0] == "epoch" and e[1] == cell]
+        assert epochs == [0, 1, 2] and ("end", cell, 0, 0) in rep.events
+        images = [e for e in rep.events if e[0] == "images" and e[1] == f"{cell} gradcam"]
+        assert images and images[-1][2:] == (40, 40)

@@ -21,6 +21,20 @@ def _threads_for(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Pool-worker initializer: exit when the parent process dies (e.g. SIGKILL), instead of
+    lingering as an orphan holding memory."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="auglens-parent-watch").start()
+
+
 def _call(fn: Callable[..., Any], args: tuple, threads: int) -> Any:
     import torch
 
@@ -33,6 +47,11 @@ class Executor:
 
     def map(self, fn: Callable[..., Any], tasks: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
         raise NotImplementedError
+
+    def events(self) -> Any:
+        """A queue tasks may ``put`` progress events on (picklable for this executor's
+        workers), or None when progress cannot flow back (e.g. a remote cluster)."""
+        return None
 
     def close(self) -> None:
         """Release workers or cluster connections."""
@@ -48,6 +67,21 @@ class LocalExecutor(Executor):
             raise AuglensError(f"--workers must be >= 1, got {workers}")
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
+        self._manager: Any = None
+        self._queue: Any = None
+
+    def events(self) -> Any:
+        if self._queue is None:
+            if self.workers == 1:
+                import queue
+
+                self._queue = queue.SimpleQueue()
+            else:
+                import multiprocessing as mp
+
+                self._manager = mp.get_context("spawn").Manager()
+                self._queue = self._manager.Queue()
+        return self._queue
 
     def map(self, fn: Callable[..., Any], tasks: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
         if self.workers == 1 or len(tasks) <= 1:
@@ -58,7 +92,9 @@ class LocalExecutor(Executor):
 
         threads = _threads_for(self.workers)
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                             initializer=_exit_with_parent,
+                                             initargs=(os.getpid(),))
         futures = {self._pool.submit(_call, fn, args, threads): i for i, args in enumerate(tasks)}
         try:
             for fut in as_completed(futures):
@@ -72,6 +108,9 @@ class LocalExecutor(Executor):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._manager is not None:
+            self._manager.shutdown()
+            self._manager = self._queue = None
 
 
 class RayExecutor(Executor):

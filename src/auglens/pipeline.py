@@ -17,8 +17,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,32 +85,96 @@ class Reporter:
     def advance(self, name: str, text: str) -> None:
         self.message(f"[{name}] {text}")
 
-    def epoch(self, variant: str, seed: int, entry: dict[str, Any]) -> None:
-        if self._log:
-            self._log(f"[train] {variant}/seed{seed} epoch {entry['epoch']}: val acc "
-                      f"{entry['val_accuracy']:.4f}")
-
     def done(self, name: str) -> None:
         """Called when a stage finishes."""
+
+    def task_progress(self, kind: str, name: str, done: int = 0, total: int = 0,
+                      note: str = "") -> None:
+        """Progress inside one running task (``kind`` "epoch" or "images"; "end" = finished)."""
+        if kind == "epoch" and done and self._log:
+            self._log(f"[train] {name} epoch {done}/{total} {note}".rstrip())
+
+    @contextmanager
+    def listen(self, events: Any) -> Iterator[None]:
+        """While the block runs, forward events that tasks put on ``events`` (see
+        `Executor.events`) to `task_progress`, from a background thread."""
+        if events is None:
+            yield
+            return
+        stop = threading.Event()
+
+        def pump() -> None:
+            import queue as queue_mod
+
+            while True:
+                try:
+                    event = events.get(timeout=0.2)
+                except queue_mod.Empty:
+                    if stop.is_set():
+                        return
+                    continue
+                except (EOFError, OSError):  # the manager went away
+                    return
+                try:
+                    self.task_progress(*event)
+                except Exception:  # a display problem never stops the run
+                    pass
+
+        thread = threading.Thread(target=pump, daemon=True, name="auglens-progress")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
 
 
 # ----------------------------------------------------------------------------- tasks (picklable)
 
 
-def _train_task(cell: dict[str, Any], path: str) -> dict[str, Any]:
+def _put(events: Any, *event: Any) -> None:
+    if events is not None:
+        try:
+            events.put(event)
+        except Exception:  # progress is best effort: never fail a task over it
+            pass
+
+
+def _train_task(cell: dict[str, Any], path: str, name: str = "", events: Any = None
+                ) -> dict[str, Any]:
     from .train import train_cell
 
-    return train_cell(CellConfig.model_validate(cell), path).record
+    cfg = CellConfig.model_validate(cell)
+    total = cfg.train.epochs
+
+    def progress(entry: dict[str, Any]) -> None:
+        _put(events, "epoch", name, entry["epoch"], total, f"val acc {entry['val_accuracy']:.3f}")
+
+    _put(events, "epoch", name, 0, total, "")
+    try:
+        return train_cell(cfg, path, progress=progress).record
+    finally:
+        _put(events, "end", name)
 
 
 def _explain_task(cell: dict[str, Any], run_dir: str, variant: str, seed: int, method: str,
                   n_images: int | None, force: bool, params: dict[str, Any] | None = None,
-                  estimator_images: int = 1000, batch_size: int = 500) -> tuple[str, bool]:
+                  estimator_images: int = 1000, batch_size: int = 500, events: Any = None
+                  ) -> tuple[str, bool]:
     from .explain.store import explain_cell
 
-    path, cached = explain_cell(CellConfig.model_validate(cell), run_dir, variant, seed, method,
-                                n_images, batch_size=batch_size, force=force, params=params,
-                                estimator_images=estimator_images)
+    name = f"{variant}/seed{seed} {method}"
+
+    def on_batch(done: int, total: int) -> None:
+        _put(events, "images", name, done, total, "")
+
+    try:
+        path, cached = explain_cell(CellConfig.model_validate(cell), run_dir, variant, seed,
+                                    method, n_images, batch_size=batch_size, force=force,
+                                    params=params, estimator_images=estimator_images,
+                                    on_batch=on_batch)
+    finally:
+        _put(events, "end", name)
     return str(path), cached
 
 
@@ -348,12 +414,15 @@ class _Run:
         todo = [(v, s, c) for v, s, c in cells
                 if "train" in self.force or not cell_done(cell_dir(run_dir, v, s), c)]
         self.rep.stage("train", len(cells), len(cells) - len(todo))
-        tasks = [(c.model_dump(mode="json"), str(cell_dir(run_dir, v, s))) for v, s, c in todo]
-        for i, record in self.executor.map(_train_task, tasks):
-            v, s, _ = todo[i]
-            self.rep.advance("train", f"{v}/seed{s}: test accuracy "
-                                      f"{record['test']['accuracy']:.4f} "
-                                      f"({record['train_seconds']:.0f}s)")
+        events = self.executor.events()
+        tasks = [(c.model_dump(mode="json"), str(cell_dir(run_dir, v, s)), f"{v}/seed{s}", events)
+                 for v, s, c in todo]
+        with self.rep.listen(events):
+            for i, record in self.executor.map(_train_task, tasks):
+                v, s, _ = todo[i]
+                self.rep.advance("train", f"{v}/seed{s}: test accuracy "
+                                          f"{record['test']['accuracy']:.4f} "
+                                          f"({record['train_seconds']:.0f}s)")
         rows = []
         for v, s, _ in cells:
             rec = json.loads((cell_dir(run_dir, v, s) / "record.json").read_text())
@@ -369,11 +438,14 @@ class _Run:
 
     def explain(self) -> None:
         ec = self.exp.explain
+        events = self.executor.events()
         tasks = [(c.model_dump(mode="json"), str(self.run_dir), v, s, m, ec.images_for(m),
-                  "explain" in self.force, ec.params.get(m), ec.estimator_images, ec.batch_size)
+                  "explain" in self.force, ec.params.get(m), ec.estimator_images, ec.batch_size,
+                  events)
                  for v, s, c in self.exp.cells() for m in ec.methods]
         self.rep.stage("explain", len(tasks), 0)
-        self._map("explain", _explain_task, tasks, lambda t: f"{t[2]}/seed{t[3]} {t[4]}")
+        with self.rep.listen(events):
+            self._map("explain", _explain_task, tasks, lambda t: f"{t[2]}/seed{t[3]} {t[4]}")
 
     def compare(self) -> None:
         from .analysis.run_a import analyse_study_a

@@ -43,6 +43,7 @@ class RichReporter(Reporter):
             TextColumn("{task.fields[note]}"), console=self.console, transient=False,
         )
         self.tasks: dict[str, Any] = {}
+        self.running: dict[str, Any] = {}
 
     def __enter__(self) -> RichReporter:
         self.progress.start()
@@ -66,7 +67,23 @@ class RichReporter(Reporter):
         else:
             self.progress.console.print(f"[{name}] {text}")
 
+    def task_progress(self, kind: str, name: str, done: int = 0, total: int = 0,
+                      note: str = "") -> None:
+        """One indented bar per running task (epochs of a cell, images of an explanation),
+        removed when the task ends."""
+        super().task_progress(kind, name, done, total, note)
+        if kind == "end":
+            task = self.running.pop(name, None)
+            if task is not None:
+                self.progress.remove_task(task)
+            return
+        label = f"  {name} ({'epochs' if kind == 'epoch' else 'images'})"
+        if name not in self.running:
+            self.running[name] = self.progress.add_task(label, total=total or None, note="")
+        self.progress.update(self.running[name], completed=done, total=total or None, note=note)
+
     def done(self, name: str) -> None:
         if name in self.tasks:
             t = self.tasks[name]
-            self.progress.update(t, completed=self.progress.tasks[t].total, note="done")
+            total = next(task.total for task in self.progress.tasks if task.id == t)
+            self.progress.update(t, completed=total, note="done")

@@ -350,12 +350,14 @@ def explain_images(
     *,
     target: Target = "predicted",
     method_params: Mapping[str, Any] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> Explanation:
     """Explain uint8 images (N, 3, H, W) batch by batch: ``normalize(images / 255)`` → model.
 
     ``device`` None: the model's device; a different device runs on a copy of the model (the
     caller's model is never moved). ``ground_truth`` (N,) adds ``maps_gt`` from the same passes.
     Returns one `Explanation` on the CPU, maps float32 (storage precision is the caller's choice).
+    ``on_batch(done, total)`` is called after each batch (images done, images in all).
     """
     if not isinstance(images, Tensor) or images.ndim != 4 or images.dtype != torch.uint8:
         desc = (
@@ -385,4 +387,6 @@ def explain_images(
         tb = tgt_all[sl] if per_image else tgt_all
         gb = None if gt_all is None else gt_all[sl]
         parts.append(explainer(xb, tb, gb).to("cpu"))
+        if on_batch:
+            on_batch(sl.stop, n)
     return Explanation.cat(parts)

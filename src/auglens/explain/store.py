@@ -107,13 +107,14 @@ def explain_cell(
     force: bool = False,
     params: Mapping[str, Any] | None = None,
     estimator_images: int = 1000,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> tuple[Path, bool]:
     """Explain the first ``n_images`` test images (all if None) with one trained cell.
 
     Maps are for the predicted class, and for the ground-truth class from the same pass.
     ``params``: explainer keyword arguments. IBA gets its estimator from `cell_estimator`
     (``estimator_images`` training images). Returns (file, cached); a file whose key matches is
-    reused unless ``force``.
+    reused unless ``force``. ``on_batch(done, total)``: progress after each batch.
     """
     from safetensors.torch import save_file
 
@@ -138,7 +139,7 @@ def explain_cell(
                                              batch_size)
     ex = explain_images(model, test.images[:n], data.normalize, method=method,
                         target_layer=layer, batch_size=batch_size, device=dev,
-                        ground_truth=test.labels[:n], method_params=kwargs)
+                        ground_truth=test.labels[:n], method_params=kwargs, on_batch=on_batch)
     tensors = {
         "maps": ex.maps.to(torch.float16).contiguous(),
         "maps_gt": ex.maps_gt.to(torch.float16).contiguous(),
