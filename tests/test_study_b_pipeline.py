@@ -252,3 +252,40 @@ def test_cli_evaluate_and_dissect_and_errors(run, capsys, tmp_path):
     assert "no layercam explanation for baseline/seed0" in capsys.readouterr().err
     assert main(["evaluate", str(out), "--set", "evaluate.n_step=3"]) == 2
     assert "evaluate.n_step: unknown field" in capsys.readouterr().err
+
+
+def test_dissect_on_a_broden_probe_equals_direct_dissect(run, tmp_path):
+    import shutil
+
+    from test_data_broden import make_broden
+
+    from auglens.config import DissectConfig
+    from auglens.data import load_broden
+
+    exp, out0, _ = run
+    out = tmp_path / "run"
+    shutil.copytree(out0, out)
+    make_broden(tmp_path / "broden")
+    dcfg = DissectConfig(probe="broden", broden_root=tmp_path / "broden", n_images=None)
+    variant, seed, cfg = exp.cells()[1]
+    path, cached = dissect_cell(cfg, out, variant, seed, dcfg)
+    assert not cached
+    data = load_dataset(cfg)
+    probe = load_broden(tmp_path / "broden", max_images=None, seed=0, image_size=32)
+    model = load_cell_model(cell_dir(out, variant, seed), cfg, data.num_classes)
+    direct = dissect(model, probe.images, probe.concepts, data.normalize, probe.concept_names,
+                     probe.concept_categories).table()
+    got = pd.read_parquet(path)
+    np.testing.assert_allclose(got.iou.to_numpy(), direct.iou.to_numpy(), rtol=1e-12)
+    assert got.concept.tolist() == direct.concept.tolist()
+    assert dissect_cell(cfg, out, variant, seed, dcfg)[1]  # cached on the second call
+    assert set(got.category) <= set(probe.concept_categories)
+
+
+def test_broden_probe_needs_a_root():
+    from auglens.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="probe 'broden' needs broden_root"):
+        load_config(ExperimentConfig, {"dissect": {"probe": "broden"}})
+    with pytest.raises(ConfigError, match="dissect.probe"):
+        load_config(ExperimentConfig, {"dissect": {"probe": "imagenet"}})

@@ -170,14 +170,24 @@ class EvaluateConfig(_Strict):
 
 
 class DissectConfig(_Strict):
-    """Network Dissection (SPEC §6) of every cell's target layer on the dataset's concept labels
-    (test split, first ``n_images``; None: all), units detecting a concept at IoU > threshold."""
+    """Network Dissection (SPEC §6) of every cell's target layer, units detecting a concept at
+    IoU > threshold. ``probe``: ``dataset`` = the dataset's own concept labels (test split, first
+    ``n_images``; None: all); ``broden`` = a Broden-layout folder ``broden_root`` (a fixed random
+    sample of ``n_images``, resized to the dataset's image size)."""
 
     enabled: bool = True
+    probe: Literal["dataset", "broden"] = "dataset"
+    broden_root: Path | None = None
     n_images: int | None = Field(default=2000, ge=1)
     quantile: float = Field(default=0.995, gt=0, lt=1)
     iou_threshold: float = Field(default=0.04, ge=0, lt=1)
     batch_size: int = Field(default=256, ge=1)
+
+    @model_validator(mode="after")
+    def _valid(self) -> DissectConfig:
+        if self.probe == "broden" and self.broden_root is None:
+            raise ValueError("probe 'broden' needs broden_root (the folder with index.csv)")
+        return self
 
 
 AugSpec = dict[str, Any]

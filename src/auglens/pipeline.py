@@ -225,10 +225,11 @@ def skipped_stages(exp: ExperimentConfig) -> dict[str, str]:
         out["evaluate"] = "evaluate.alignment and evaluate.faithfulness are both false"
     if not exp.dissect.enabled:
         out["dissect"] = "dissect.enabled is false"
-    else:
+    elif exp.dissect.probe == "dataset":
         data = load_dataset(exp.cells()[0][2])
         if data.test.concepts is None or not data.concept_names:
-            out["dissect"] = f"dataset '{exp.data.name}' has no concept labels"
+            out["dissect"] = (f"dataset '{exp.data.name}' has no concept labels (set "
+                              "dissect.probe=broden and dissect.broden_root to dissect on Broden)")
     return out
 
 

@@ -19,6 +19,7 @@ any Study B metric.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -202,9 +203,36 @@ def evaluate_cell(
 
 
 def dissect_key(cfg: CellConfig, weights_sha: str, dcfg: DissectConfig) -> str:
-    return config_hash({"data": cfg.data.model_dump(mode="json"), "weights": weights_sha,
-                        "layer": cfg.model.target_layer, "n_images": dcfg.n_images,
-                        "quantile": dcfg.quantile, "iou": dcfg.iou_threshold, "version": 1})
+    obj = {"data": cfg.data.model_dump(mode="json"), "weights": weights_sha,
+           "layer": cfg.model.target_layer, "n_images": dcfg.n_images,
+           "quantile": dcfg.quantile, "iou": dcfg.iou_threshold, "version": 1}
+    if dcfg.probe != "dataset":
+        obj["probe"] = [dcfg.probe, str(dcfg.broden_root)]
+    return config_hash(obj)
+
+
+@functools.lru_cache(maxsize=2)
+def _broden_probe(root: str, n_images: int | None, image_size: int) -> Any:
+    from ..data.broden import load_broden
+
+    return load_broden(root, max_images=n_images, seed=0, image_size=image_size)
+
+
+def probe_set(data: Any, dcfg: DissectConfig, dataset_name: str) -> tuple[Any, Any, list[str],
+                                                                           list[str]]:
+    """(images uint8 (N, 3, H, W), concepts (N, L, h, w), concept names, categories) of the
+    probe set ``dcfg`` names; a clear error when the dataset has no concept labels."""
+    if dcfg.probe == "broden":
+        size = int(data.test.images.shape[-1])
+        p = _broden_probe(str(dcfg.broden_root), dcfg.n_images, size)
+        return p.images, p.concepts, list(p.concept_names), list(p.concept_categories)
+    test = data.test
+    if test.concepts is None or not data.concept_names:
+        raise AuglensError(f"dataset '{dataset_name}' has no concept labels; Network Dissection "
+                           "needs a probe set with concepts: use a dataset with concept labels "
+                           "(e.g. shapes) or dissect.probe=broden with dissect.broden_root")
+    n = len(test) if dcfg.n_images is None else min(dcfg.n_images, len(test))
+    return test.images[:n], test.concepts[:n], data.concept_names, data.concept_categories
 
 
 def dissect_cell(
@@ -216,8 +244,8 @@ def dissect_cell(
     device: str = "auto",
     force: bool = False,
 ) -> tuple[Path, bool]:
-    """Network Dissection of one cell's target layer on the test split's concept labels →
-    (per-unit table file, cached). Needs a dataset with concept labels."""
+    """Network Dissection of one cell's target layer on the probe set of ``dcfg`` (`probe_set`)
+    → (per-unit table file, cached)."""
     run_dir = Path(run_dir)
     cdir = cell_dir(run_dir, variant, seed)
     rec = cdir / "record.json"
@@ -229,20 +257,15 @@ def dissect_cell(
     if not force and read_key(path) == key:
         return path, True
     data = load_dataset(cfg)
-    test = data.test
-    if test.concepts is None or not data.concept_names:
-        raise AuglensError(f"dataset '{cfg.data.name}' has no concept labels; Network "
-                           "Dissection needs a probe set with concepts (e.g. shapes, Broden)")
-    n = len(test) if dcfg.n_images is None else min(dcfg.n_images, len(test))
-    images, concepts = test.images[:n], test.concepts[:n]
+    images, concepts, names, cats = probe_set(data, dcfg, cfg.data.name)
     model = load_cell_model(cdir, cfg, data.num_classes).to(resolve_device(device))
-    probe = probe_fingerprint(images, concepts, data.concept_names, data.concept_categories)
+    probe = probe_fingerprint(images, concepts, names, cats)
     if force:
         for old in cdir.glob("dissection-*.parquet"):
             old.unlink()
     result = dissect_cached(
-        model, images, concepts, data.normalize, data.concept_names, data.concept_categories,
-        checkpoint_path=cdir / WEIGHTS, cache_dir=cdir, layer=cfg.model.target_layer,
+        model, images, concepts, data.normalize, names, cats, checkpoint_path=cdir / WEIGHTS,
+        cache_dir=cdir, layer=cfg.model.target_layer,
         probe_key=probe, batch_size=dcfg.batch_size, iou_threshold=dcfg.iou_threshold,
         quantile=dcfg.quantile,
     )  # fmt: skip
