@@ -4,6 +4,7 @@ scores, label-mixing pairs and Network Dissection detectors."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 
@@ -114,8 +115,9 @@ def study_b_section(run: Run) -> Section:
     else:
         c = counts.copy()
         c["% kept"] = 100.0 * c.n_kept / c.n_images.where(c.n_images > 0)
-        sec.table(c, "Images kept by the alignment filters (box ≤ 33 % of the image, target "
-                  "probability ≥ 0.6) per model", collapsed=True)
+        sec.table(c, "Images kept per model by the alignment filters ("
+                  + _filters(run.json("tables/conventions_b.json")) + "); n_used = the images "
+                  "every model is scored on", collapsed=True)
     _plot(sec, run, "alignment", "Alignment scores per variant with 95 % CI",
           None if summary is None else
           lambda: figures.ci_bars(summary, ALIGNMENT, "Alignment (mean, 95 % CI)", order))
@@ -236,3 +238,16 @@ def _detector_table(ds: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     return out.fillna({c: 0.0 for c in out.columns if c not in
                        ("variant", "layer", "total sd")}) if len(out) else out
 
+
+
+def _filters(conventions: Any) -> str:
+    """The alignment filters a run used, in words (from tables/conventions_b.json)."""
+    ev = (conventions or {}).get("evaluate") or {}
+    parts = []
+    if ev.get("max_box_fraction") is not None:
+        parts.append(f"object box ≤ {100 * ev['max_box_fraction']:g} % of the image")
+    if ev.get("min_probability") is not None:
+        parts.append(f"target probability ≥ {ev['min_probability']:g}")
+    if not conventions:
+        return "settings unknown: tables/conventions_b.json is missing"
+    return ", ".join(parts) if parts else "none set: every image with an object region is kept"
