@@ -155,7 +155,7 @@ def _kill_when(cmd: list[str], ready, timeout: float = 300) -> None:
                 raise AssertionError("timed out waiting to kill")
             time.sleep(0.05)
     finally:
-        children = _children(proc.pid)
+        children = _children(proc.pid)  # pool workers and the progress-queue manager
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -78,8 +78,10 @@ class LocalExecutor(Executor):
                 self._queue = queue.SimpleQueue()
             else:
                 import multiprocessing as mp
+                from multiprocessing.managers import SyncManager
 
-                self._manager = mp.get_context("spawn").Manager()
+                self._manager = SyncManager(ctx=mp.get_context("spawn"))
+                self._manager.start(_exit_with_parent, (os.getpid(),))
                 self._queue = self._manager.Queue()
         return self._queue
 
