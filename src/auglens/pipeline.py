@@ -212,6 +212,18 @@ def _with_overrides(exp: ExperimentConfig, methods: tuple[str, ...] | None,
     return exp.model_copy(update={"explain": ec})
 
 
+def check_inputs(exp: ExperimentConfig) -> None:
+    """Fail early, with the loader's message naming the missing file, when the experiment's data
+    (or its Broden probe) is not where the config says."""
+    from .train.trainer import load_dataset
+
+    load_dataset(exp.cells()[0][2])
+    if exp.dissect.enabled and exp.dissect.probe == "broden":
+        from .data.broden import check_broden
+
+        check_broden(exp.dissect.broden_root)
+
+
 def skipped_stages(exp: ExperimentConfig) -> dict[str, str]:
     """Stages that do not apply to this experiment → the reason (shown and logged)."""
     from .train.trainer import load_dataset
@@ -264,6 +276,7 @@ def make_plan(exp: ExperimentConfig, run_dir: Path, methods: tuple[str, ...] | N
     from .train.grid import cell_dir, cell_done
 
     exp = _with_overrides(exp, methods, n_images)
+    check_inputs(exp)
     ec = exp.explain
     skipped = skipped_stages(exp)
     stages = [s for s in STAGES if s not in skipped and s != "report"]
@@ -371,6 +384,7 @@ def run_pipeline(
         raise AuglensError(f"unknown stage '{sorted(unknown)[0]}' for --force; valid stages: "
                            + ", ".join(STAGES))
     exp = _with_overrides(exp, methods, n_images)
+    check_inputs(exp)
     write_json(run_dir / "experiment.json", exp.model_dump(mode="json"))
     ctx = _Run(exp, run_dir, executor, rep, set(force))
     perf = ctx.train()
@@ -379,6 +393,8 @@ def run_pipeline(
         if stage in skipped:
             rep.message(f"[{stage}] skipped: {skipped[stage]}")
             continue
+        if stage == "report":  # the report reads the timings and the skipped stages
+            write_json(run_dir / "stages" / "timings.json", ctx.timings | {"skipped": skipped})
         t0 = time.perf_counter()
         getattr(ctx, stage)()
         rep.done(stage)

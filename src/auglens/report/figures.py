@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..errors import AuglensError  # noqa: E402
+
 
 def png_bytes(fig: plt.Figure, dpi: int = 100) -> bytes:
     """Render and close ``fig``."""
@@ -28,7 +30,10 @@ def _order(present: pd.Series, order: list[str] | None) -> list[str]:
 def ci_bars(summary: pd.DataFrame, metrics: list[str], title: str,
             order: list[str] | None = None) -> bytes:
     """One panel per metric: mean with 95 % CI per variant (in ``order``), a bar per method."""
+    metrics_asked = metrics
     metrics = [m for m in metrics if (summary.metric == m).any()]
+    if not metrics:
+        raise AuglensError(f"none of {', '.join(metrics_asked)} is in the summary table")
     cols = min(len(metrics), 4)
     rows = int(np.ceil(len(metrics) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 3.2 * rows), squeeze=False)

@@ -98,8 +98,17 @@ def study_b_section(run: Run) -> Section:
     readings = []
 
     sec.sub("Alignment with the object")
+    no_alignment = summary is not None and not summary.metric.isin(ALIGNMENT).any()
     if summary is None:
         sec.miss(run.reason("tables/summary_b.parquet"))
+    elif no_alignment:
+        notes = (run.json("tables/conventions_b.json") or {}).get("notes") or {}
+        why = next((n.get("alignment") for n in notes.values()
+                    if str(n.get("alignment", "")).startswith("skipped")), None)
+        sec.miss("alignment was not computed: " + (
+            why.removeprefix("skipped: ") if why else "no alignment metrics in "
+            "tables/summary_b.parquet (evaluate.alignment is false, or the dataset has no "
+            "object masks or boxes)"))
     else:
         sec.table(_wide(summary, ALIGNMENT, order), "Energy Pointing Game (share of map energy "
                   "inside the object box) and Effective Heat Ratio, mean over images (averaged "
@@ -109,18 +118,19 @@ def study_b_section(run: Run) -> Section:
             readings.append(f"With {mname}, {best} puts the largest share of its map on the "
                             "object (Energy Pointing Game)"
                             + _vs_baseline(summary, "energy_pointing_game", method, base) + ".")
-    counts = run.table("tables/alignment_counts.parquet")
-    if counts is None:
+    counts = None if no_alignment else run.table("tables/alignment_counts.parquet")
+    if counts is None and not no_alignment:
         sec.miss(run.reason("tables/alignment_counts.parquet"))
-    else:
+    elif counts is not None:
         c = counts.copy()
         c["% kept"] = 100.0 * c.n_kept / c.n_images.where(c.n_images > 0)
         sec.table(c, "Images kept per model by the alignment filters ("
                   + _filters(run.json("tables/conventions_b.json")) + "); n_used = the images "
                   "every model is scored on", collapsed=True)
-    _plot(sec, run, "alignment", "Alignment scores per variant with 95 % CI",
-          None if summary is None else
-          lambda: figures.ci_bars(summary, ALIGNMENT, "Alignment (mean, 95 % CI)", order))
+    if not no_alignment:
+        _plot(sec, run, "alignment", "Alignment scores per variant with 95 % CI",
+              None if summary is None else
+              lambda: figures.ci_bars(summary, ALIGNMENT, "Alignment (mean, 95 % CI)", order))
 
     sec.sub("Deletion and insertion curves")
     curves = run.table("tables/curves.parquet")
