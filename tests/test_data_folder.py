@@ -5,6 +5,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -298,11 +299,14 @@ def test_cli_run_and_train_on_folder(folder, tmp_path):
     exp = {
         "name": "folder",
         "data": {"name": "imagefolder", "root": str(folder), "val_size": 3, "image_size": 32,
-                 "boxes_dir": "boxes"},
+                 "boxes_dir": "boxes", "lazy": True},
         "model": {"name": "small_resnet", "width": 8},
         "train": {"epochs": 1, "batch_size": 4},
         "seeds": [0],
-        "variants": {"baseline": [{"name": "cutmix"}]},  # one variant: no Study A compare
+        "variants": {"baseline": [], "cutmix": [{"name": "cutmix"}]},
+        "explain": {"methods": ["gradcam", "iba"], "estimator_images": 6,
+                    "params": {"iba": {"steps": 2, "batch_noise": 2}}},
+        "evaluate": {"n_images": 4, "n_steps": 4, "n_random": 2, "bootstrap": 100},
     }  # fmt: skip
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(exp))
@@ -313,6 +317,13 @@ def test_cli_run_and_train_on_folder(folder, tmp_path):
     assert rec["dataset"]["class_names"] == list(CLASSES)
     assert rec["dataset"]["info"]["sizes"] == {"train": 9, "val": 3, "test": 6}
     assert (out / "explanations" / "gradcam" / "baseline" / "seed0.safetensors").is_file()
+    assert rec["dataset"]["info"]["lazy"] is True
+    # Study B on lazy data with boxes: alignment against the boxes, IBA, dissection skipped
+    interp = pd.read_parquet(out / "tables" / "interpretability.parquet")
+    align = interp[interp.metric == "energy_pointing_game"]
+    assert set(align.method) == {"gradcam", "iba"} and len(align) == 2 * 2 * 6
+    html = (out / "report" / "index.html").read_text()
+    assert "has no concept labels" in html and "CAM gallery" in html
     # lazy data through `auglens train`
     args = ["train", "--dataset", "imagefolder", "--out", str(tmp_path / "t"), "--quiet",
             "--set", f"data.root={folder}", "--set", "data.val_size=3", "--set",

@@ -234,11 +234,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         cells = exp.cells()
         print(f"{exp.name}: {len(exp.variants)} variants × {len(exp.seeds)} seeds = "
               f"{len(cells)} cells → {out}")
+        width = max(16, *(len(v) for v in exp.variants))
         for variant, spec in exp.variants.items():
             desc = " + ".join(
                 a["name"] + (f"({', '.join(f'{k}={v}' for k, v in a.items() if k != 'name')})"
                              if len(a) > 1 else "") for a in spec) or "(no augmentation)"
-            print(f"  {variant:<16} {desc}")
+            print(f"  {variant:<{width}} {desc}")
         print("\n".join(make_plan(exp, out, methods, args.n_images, force).lines()))
         return 0
     check_writable_dir(out)

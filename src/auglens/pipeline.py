@@ -215,9 +215,9 @@ def _with_overrides(exp: ExperimentConfig, methods: tuple[str, ...] | None,
 def check_inputs(exp: ExperimentConfig) -> None:
     """Fail early, with the loader's message naming the missing file, when the experiment's data
     (or its Broden probe) is not where the config says."""
-    from .train.trainer import load_dataset
+    from .data.base import check_source
 
-    load_dataset(exp.cells()[0][2])
+    check_source(exp.data.name, exp.data.params())  # cheap: paths and layout, no decoding
     if exp.dissect.enabled and exp.dissect.probe == "broden":
         from .data.broden import check_broden
 

@@ -354,12 +354,15 @@ def explain_images(
 ) -> Explanation:
     """Explain uint8 images (N, 3, H, W) batch by batch: ``normalize(images / 255)`` → model.
 
+    ``images``: a tensor or a lazy container indexable like one (`auglens.data.images.LazyImages`:
+    only one batch is decoded at a time).
+
     ``device`` None: the model's device; a different device runs on a copy of the model (the
     caller's model is never moved). ``ground_truth`` (N,) adds ``maps_gt`` from the same passes.
     Returns one `Explanation` on the CPU, maps float32 (storage precision is the caller's choice).
     ``on_batch(done, total)`` is called after each batch (images done, images in all).
     """
-    if not isinstance(images, Tensor) or images.ndim != 4 or images.dtype != torch.uint8:
+    if getattr(images, "ndim", None) != 4 or getattr(images, "dtype", None) != torch.uint8:
         desc = (
             f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images)
         )

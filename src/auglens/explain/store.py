@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..config import CellConfig, ExperimentConfig, config_hash
+from ..data.images import take_images
 from ..errors import AuglensError
 from ..models import build_model, default_target_layer
 from ..train.grid import cell_dir, cell_done
@@ -75,8 +76,8 @@ def cell_estimator(model: torch.nn.Module, cell: Path, data: Any, layer: str | N
                 return est
         except AuglensError:
             pass  # corrupt or foreign: refit
-    est = fit_estimator(model, data.train.images, data.normalize, layer, batch_size=batch_size,
-                        n_images=n_images)
+    est = fit_estimator(model, data.train.images[:n_images], data.normalize, layer,
+                        batch_size=batch_size)  # a slice decodes only these (lazy datasets)
     est.save(path, {"cell": str(cell.name)})
     return est
 
@@ -137,7 +138,8 @@ def explain_cell(
     if method == "iba":
         kwargs["estimator"] = cell_estimator(model, cdir, data, layer, estimator_images,
                                              batch_size)
-    ex = explain_images(model, test.images[:n], data.normalize, method=method,
+    images = test.images if n == len(test) else take_images(test.images, torch.arange(n))
+    ex = explain_images(model, images, data.normalize, method=method,
                         target_layer=layer, batch_size=batch_size, device=dev,
                         ground_truth=test.labels[:n], method_params=kwargs, on_batch=on_batch)
     tensors = {

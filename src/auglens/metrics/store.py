@@ -40,6 +40,8 @@ from .dissection import dissect_cached, probe_fingerprint
 from .faithfulness import deletion_insertion_curves, faithfulness_scores
 
 KEY = b"auglens_key"
+#: images per alignment chunk (maps upsampled to input size only this many at a time)
+ALIGN_CHUNK = 1000
 #: evaluate settings that change per-cell numbers (filters and the CI act at aggregation).
 _CELL_FIELDS = ("alignment", "faithfulness", "n_images", "n_steps", "n_random", "blur_kernel",
                 "blur_sigma", "seed")
@@ -140,11 +142,10 @@ def evaluate_cell(
     data = load_dataset(cfg)
     ids = tensors["image_ids"].long()
     size = tuple(data.test.images.shape[-2:])
-    maps = tensors["maps"].float()
-    if not torch.isfinite(maps).all():
+    raw = tensors["maps"].float()
+    if not torch.isfinite(raw).all():
         raise AuglensError(f"{explanation_path(run_dir, method, variant, seed)}: maps contain "
                            "NaN or inf; re-run `auglens explain --force`")
-    maps = upsample(maps, size)
     targets = tensors["targets"].long()
     probs = torch.softmax(tensors["logits"].double(), 1)
     rows: list[pd.DataFrame] = []
@@ -155,13 +156,20 @@ def evaluate_cell(
                                   "value": values.double().cpu().numpy()}))
 
     if ecfg.alignment:
-        regions = regions_of(data.test, ids)
-        if regions is None:
+        if data.test.masks is None and data.test.boxes is None:
             notes["alignment"] = "skipped: the dataset has no object masks or boxes"
         else:
-            add("energy_pointing_game", energy_pointing_game(maps, regions), ids)
-            add("effective_heat_ratio", effective_heat_ratio(maps, regions), ids)
-            add("box_fraction", box_fraction(regions), ids)
+            parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("epg", "ehr", "box")}
+            for start in range(0, len(ids), ALIGN_CHUNK):  # bounded memory at any image size
+                sl = slice(start, start + ALIGN_CHUNK)
+                regions = regions_of(data.test, ids[sl])
+                m = upsample(raw[sl], size)
+                parts["epg"].append(energy_pointing_game(m, regions))
+                parts["ehr"].append(effective_heat_ratio(m, regions))
+                parts["box"].append(box_fraction(regions))
+            add("energy_pointing_game", torch.cat(parts["epg"]), ids)
+            add("effective_heat_ratio", torch.cat(parts["ehr"]), ids)
+            add("box_fraction", torch.cat(parts["box"]), ids)
             add("target_prob", probs.gather(1, targets[:, None])[:, 0], ids)
             notes["alignment"] = "mask" if data.test.masks is not None else "boxes"
     curves_df = None
@@ -172,7 +180,8 @@ def evaluate_cell(
         model = load_cell_model(cell_dir(run_dir, variant, seed), cfg, data.num_classes).to(dev)
         images = data.normalize(data.test.images[sel].to(dev).float().div_(255))
         curves = deletion_insertion_curves(
-            model, images, maps[:n].to(dev), targets[:n].to(dev), n_steps=ecfg.n_steps,
+            model, images, upsample(raw[:n], size).to(dev), targets[:n].to(dev),
+            n_steps=ecfg.n_steps,
             n_random=ecfg.n_random, seed=ecfg.seed, image_ids=sel, blur_kernel=ecfg.blur_kernel,
             blur_sigma=ecfg.blur_sigma, max_batch=ecfg.max_batch,
         )  # fmt: skip

@@ -54,7 +54,7 @@ def _png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _test_images(run: Run) -> tuple[np.ndarray | None, list[str] | None, str | None]:
+def _test_images(run: Run) -> tuple[_Images | None, list[str] | None, str | None]:
     """(test images uint8, class names, reason if unavailable) of the run's dataset."""
     cfg = run.config
     if cfg is None:
@@ -65,7 +65,21 @@ def _test_images(run: Run) -> tuple[np.ndarray | None, list[str] | None, str | N
         data = load_dataset(cfg.cells()[0][2])
     except Exception as e:  # noqa: BLE001 - the gallery still shows the maps
         return None, None, f"dataset '{cfg.data.name}' could not be loaded ({e}); maps only"
-    return data.test.images.numpy(), list(data.class_names), None
+    return _Images(data.test.images), list(data.class_names), None
+
+
+class _Images:
+    """Test images as uint8 arrays (3, H, W), decoded one at a time on access (a lazy dataset is
+    never decoded whole)."""
+
+    def __init__(self, images: object) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.images[int(i)].numpy()
 
 
 def _class_names(run: Run) -> list[str] | None:
