@@ -251,3 +251,38 @@ def test_unknown_category_and_broden_is_not_a_classification_dataset(broden):
     with pytest.raises(AuglensError, match="unknown category 'colour'; .*lists color, object"):
         read_broden_index(root, categories=["colour"])
     assert "broden" not in DATASETS  # a probe set for dissect, not a training dataset
+
+
+def test_auglens_run_dissects_on_a_broden_probe(tmp_path):
+    import yaml
+
+    from auglens.cli import main
+
+    make_broden(tmp_path / "broden")
+    exp = {
+        "name": "broden-run",
+        "data": {"name": "shapes", "n_train": 128, "n_val": 32, "n_test": 16},
+        "model": {"name": "small_resnet", "width": 4},
+        "train": {"epochs": 1, "batch_size": 64},
+        "seeds": [0],
+        "variants": {"baseline": [], "cutmix": [{"name": "cutmix"}]},
+        "evaluate": {"enabled": False},
+        "dissect": {"probe": "broden", "broden_root": str(tmp_path / "broden"),
+                    "n_images": None},
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "--quiet", "--workers", "1"]) == 0
+    import pandas as pd
+
+    table = pd.read_parquet(out / "tables" / "dissection.parquet")
+    assert len(table) == 2 * 16  # two cells × 16 units of layer3 at width 4
+    assert set(table.category) <= set(CATEGORIES)
+    names = {row[1] for row in LABELS}
+    assert set(table.concept) <= names
+    # a missing Broden folder stops the run before anything is trained
+    exp["dissect"]["broden_root"] = str(tmp_path / "nope")
+    path.write_text(yaml.safe_dump(exp))
+    assert main(["run", str(path), "--out", str(tmp_path / "run2"), "--quiet"]) == 2
+    assert not (tmp_path / "run2" / "cells").exists()
