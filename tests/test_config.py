@@ -79,3 +79,16 @@ def test_read_yaml_errors(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         read_yaml(tmp_path / "list.yaml")
+
+
+def test_every_shipped_preset_is_a_valid_experiment():
+    from auglens.cli import PRESETS, _preset_raw
+
+    assert {"quick", "standard", "paper-a", "paper-b"} <= set(PRESETS)
+    for name in PRESETS:
+        exp = load_config(ExperimentConfig, _preset_raw(name), source=name)
+        assert exp.name == name and exp.baseline in exp.variants
+    quick = load_config(ExperimentConfig, _preset_raw("quick"))
+    standard = load_config(ExperimentConfig, _preset_raw("standard"))
+    assert quick.variants == standard.variants and quick.seeds == standard.seeds == [0, 1]
+    assert len(quick.variants) == 14  # baseline + 7 Study A + 6 Study B
