@@ -54,19 +54,23 @@ def variant_family(spec: list[dict]) -> tuple[str | None, bool | None]:
     return None, None
 
 
+def _read_cell(path: Path, variant: str, seed: int, what: str, command: str) -> pd.DataFrame:
+    """One per-cell result file with ``variant``/``seed`` columns in front; a clear error naming
+    the command that writes it when it is missing."""
+    if not path.is_file():
+        raise AuglensError(f"missing {what} {path}; run `{command}`")
+    df = pd.read_parquet(path)
+    df.insert(0, "variant", variant)
+    df.insert(1, "seed", seed)
+    return df
+
+
 def _evaluation_frames(exp: ExperimentConfig, run_dir: Path, method: str) -> pd.DataFrame:
-    frames = []
-    for variant, seed, _ in exp.cells():
-        path = evaluation_path(run_dir, method, variant, seed)
-        if not path.is_file():
-            raise AuglensError(f"missing evaluation {path}; run `auglens evaluate {run_dir}`")
-        df = pd.read_parquet(path)
-        df.insert(1, "variant", variant)
-        df.insert(2, "seed", seed)
-        frames.append(df)
+    frames = [_read_cell(evaluation_path(run_dir, method, v, s), v, s, "evaluation",
+                         f"auglens evaluate {run_dir}") for v, s, _ in exp.cells()]
     out = pd.concat(frames, ignore_index=True)
-    out.insert(3, "method", method)
-    return out
+    out.insert(2, "method", method)
+    return out[["image_id", "variant", "seed", "method", "metric", "value"]]
 
 
 def select_alignment_images(ev: pd.DataFrame, exp: ExperimentConfig) -> tuple[pd.DataFrame,
@@ -179,11 +183,7 @@ def analyse_dissection(exp: ExperimentConfig, run_dir: str | Path) -> dict[str, 
     frames, summary = [], []
     for variant, seed, _ in exp.cells():
         path = dissection_path(run_dir, variant, seed)
-        if not path.is_file():
-            raise AuglensError(f"missing dissection {path}; run `auglens dissect {run_dir}`")
-        t = pd.read_parquet(path)
-        t.insert(0, "variant", variant)
-        t.insert(1, "seed", seed)
+        t = _read_cell(path, variant, seed, "dissection", f"auglens dissect {run_dir}")
         frames.append(t)
         s = json.loads(read_metadata(path)["summary"])
         det = t[t.detector]
