@@ -22,7 +22,7 @@ from auglens.errors import AuglensError, ConfigError
 ALL = AUGMENTATIONS.names()
 EXPECTED = {
     "none", "affine", "cutmix", "color_jitter", "elastic", "equalize", "gaussian_blur",
-    "random_crop", "cutout", "mixup", "saliencymix",
+    "random_crop", "cutout", "mixup", "saliencymix", "random_resized_crop", "hflip",
 }
 BILINEAR = TF.InterpolationMode.BILINEAR
 B, K = 12, 5

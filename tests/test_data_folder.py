@@ -442,7 +442,11 @@ def test_paper_b_preset_valid_and_clear_error_without_data(tmp_path, monkeypatch
         "baseline", "cutout", "mixup", "mixup_no_label_mixing", "cutmix",
         "cutmix_no_label_mixing", "saliencymix", "saliencymix_no_label_mixing",
     }  # fmt: skip
-    assert exp.variants["cutmix_no_label_mixing"] == [{"name": "cutmix", "label_mixing": False}]
+    assert exp.variants["cutmix_no_label_mixing"] == [
+        {"name": "random_resized_crop"}, {"name": "hflip"},
+        {"name": "cutmix", "label_mixing": False}]
+    assert all(spec[:2] == [{"name": "random_resized_crop"}, {"name": "hflip"}]
+               for spec in exp.variants.values())  # ImageNet's crop + flip in every variant
     monkeypatch.chdir(tmp_path)
     with pytest.raises(AuglensError, match=r"imagefolder: data not found: data/imagenet does not "
                                            r"exist; expected <root>/train/<class>/<image> and "

@@ -10,7 +10,7 @@ The trainer passes the dataset's mean/std with ``aug.set_dataset_stats(mean, std
 
 from .base import AUGMENTATIONS, AugLog, Augmentation, ParameterError
 from .compose import Compose, NoAugmentation, build_augmentation
-from .geometric import Affine, Elastic, RandomCrop
+from .geometric import Affine, Elastic, HorizontalFlip, RandomCrop, RandomResizedCrop
 from .mixing import CutMix, Cutout, Mixup, SaliencyMix, spectral_residual_saliency
 from .photometric import JITTER_ORDER, ColorJitter, Equalize, GaussianBlur
 
@@ -26,11 +26,13 @@ __all__ = [
     "Elastic",
     "Equalize",
     "GaussianBlur",
+    "HorizontalFlip",
     "JITTER_ORDER",
     "Mixup",
     "NoAugmentation",
     "ParameterError",
     "RandomCrop",
+    "RandomResizedCrop",
     "SaliencyMix",
     "build_augmentation",
     "spectral_residual_saliency",

@@ -1,6 +1,9 @@
-"""Geometric augmentations: affine, elastic, random crop — one batched warp/gather per call."""
+"""Geometric augmentations: affine, elastic, random crop, random resized crop, horizontal flip —
+one batched warp/gather per call."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +18,7 @@ from ._util import (
     separable_blur,
     uniform,
 )
-from .base import AUGMENTATIONS, AugLog, Augmentation
+from .base import AUGMENTATIONS, AugLog, Augmentation, ParameterError
 
 
 def affine_theta(
@@ -201,3 +204,116 @@ class RandomCrop(Augmentation):
 
         out = apply_masked(images, mask, crop) if pad > 0 else images
         return out, targets, {"top": top, "left": left, "applied": mask}
+
+
+@AUGMENTATIONS.register("hflip")
+class HorizontalFlip(Augmentation):
+    """Mirror left–right with probability ``p`` per sample (torchvision
+    ``RandomHorizontalFlip``, default p = 0.5). Log: ``applied``."""
+
+    name = "hflip"
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__(p)
+
+    def apply(
+        self, images: Tensor, targets: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, AugLog]:
+        mask = self.draw_apply_mask(images.shape[0], generator)
+        out = apply_masked(images, mask, lambda x, idx: x.flip(-1))
+        return out, targets, {"applied": mask}
+
+
+def resized_crop_params(
+    b: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+    generator: torch.Generator, attempts: int = 10,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-sample (top, left, h, w) int64 (B,) by torchvision ``RandomResizedCrop.get_params``:
+    area fraction ~ U(scale), log aspect ~ U(log ratio), w = round(√(A·r)), h = round(√(A/r));
+    the first of ``attempts`` tries that fits is used, placed uniformly; else the centre crop
+    with the aspect clamped to ``ratio`` (torchvision's fallback)."""
+    area = height * width
+    target = area * uniform(b * attempts, *scale, generator).view(b, attempts)
+    log_r = uniform(b * attempts, math.log(ratio[0]), math.log(ratio[1]), generator)
+    aspect = torch.exp(log_r).view(b, attempts)
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
+    ok = (w > 0) & (h > 0) & (w <= width) & (h <= height)
+    first = torch.where(ok.any(1), ok.double().argmax(1), -1)
+    pick = first.clamp_min(0)[:, None]
+    w_s, h_s = w.gather(1, pick)[:, 0], h.gather(1, pick)[:, 0]
+    u_top, u_left = uniform(b, 0, 1, generator), uniform(b, 0, 1, generator)
+    top = torch.floor(u_top * (height - h_s + 1)).clamp(max=height - h_s)
+    left = torch.floor(u_left * (width - w_s + 1)).clamp(max=width - w_s)
+    # fallback: centre crop, aspect clamped to the ratio range
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fw, fh = int(round(height * max(ratio))), height
+    else:
+        fw, fh = width, height
+    miss = first < 0
+    h_s = torch.where(miss, float(fh), h_s)
+    w_s = torch.where(miss, float(fw), w_s)
+    top = torch.where(miss, float((height - fh) // 2), top)
+    left = torch.where(miss, float((width - fw) // 2), left)
+    return top.long(), left.long(), h_s.long(), w_s.long()
+
+
+def _source_coords(start: Tensor, length: Tensor, out: int) -> Tensor:
+    """(B, out) float64 source pixel coordinates of ``F.interpolate(crop, out, 'bilinear',
+    align_corners=False)`` for crops [start, start + length): clamped to the crop like
+    PyTorch's upsample kernel, so sampling never blends in a pixel outside the crop."""
+    o = torch.arange(out, dtype=torch.float64)
+    src = (o[None] + 0.5) * (length[:, None].double() / out) - 0.5
+    src = torch.minimum(src.clamp_min(0.0), (length[:, None] - 1).double())
+    return src + start[:, None].double()
+
+
+@AUGMENTATIONS.register("random_resized_crop")
+class RandomResizedCrop(Augmentation):
+    """torchvision ``RandomResizedCrop(size=(H, W), scale, ratio)`` per sample: a crop chosen by
+    `resized_crop_params`, resized back to H×W bilinearly (``align_corners=False``; crops are never
+    larger than the image, so antialiasing never applies), in one ``grid_sample`` for the batch,
+    equal to cropping then ``F.interpolate`` per image. Log: ``top``, ``left``, ``height``,
+    ``width`` (int64), ``applied``."""
+
+    name = "random_resized_crop"
+
+    def __init__(
+        self,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        p: float = 1.0,
+    ) -> None:
+        super().__init__(p)
+        self.scale = as_range("scale", scale, 1e-6)
+        if self.scale[1] > 1.0:
+            raise ParameterError("scale", f"must lie in (0, 1], got {scale}")
+        self.ratio = as_range("ratio", ratio, 1e-6)
+
+    def apply(
+        self, images: Tensor, targets: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, AugLog]:
+        b, _, h, w = images.shape
+        mask = self.draw_apply_mask(b, generator)
+        top, left, ch, cw = resized_crop_params(b, h, w, self.scale, self.ratio, generator)
+        top, left = torch.where(mask, top, 0), torch.where(mask, left, 0)
+        ch, cw = torch.where(mask, ch, h), torch.where(mask, cw, w)
+        ys = _source_coords(top, ch, h)  # (B, H) absolute rows
+        xs = _source_coords(left, cw, w)  # (B, W) absolute columns
+
+        def warp(x: Tensor, idx: Tensor) -> Tensor:
+            gx = (2.0 * xs[idx] / max(w - 1, 1) - 1.0).to(device=x.device, dtype=x.dtype)
+            gy = (2.0 * ys[idx] / max(h - 1, 1) - 1.0).to(device=x.device, dtype=x.dtype)
+            n = x.shape[0]
+            grid = torch.stack(
+                [gx[:, None, :].expand(n, h, w), gy[:, :, None].expand(n, h, w)], dim=-1
+            )
+            return F.grid_sample(x, grid, mode="bilinear", padding_mode="border",
+                                 align_corners=True)
+
+        out = apply_masked(images, mask, warp)
+        log = {"top": top, "left": left, "height": ch, "width": cw, "applied": mask}
+        return out, targets, log

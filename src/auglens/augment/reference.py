@@ -21,9 +21,21 @@ from torchvision.transforms import v2
 
 from ..errors import ConfigError
 from .compose import build_augmentation
-from .geometric import Affine, Elastic, RandomCrop
+from .geometric import Affine, Elastic, HorizontalFlip, RandomCrop, RandomResizedCrop
 from .mixing import CutMix, Mixup
 from .photometric import ColorJitter, GaussianBlur
+
+
+class ResizedCropToInput(torch.nn.Module):
+    """v2.RandomResizedCrop back to the input's own H×W."""
+
+    def __init__(self, scale: tuple[float, float], ratio: tuple[float, float]) -> None:
+        super().__init__()
+        self.scale, self.ratio = scale, ratio
+
+    def forward(self, image: Tensor) -> Tensor:
+        h, w = image.shape[-2:]
+        return v2.RandomResizedCrop((h, w), scale=self.scale, ratio=self.ratio)(image)
 
 
 class PadCropToInput(torch.nn.Module):
@@ -84,6 +96,10 @@ def reference_transform(name: str, **params: Any) -> Any:
         return _maybe(v2.GaussianBlur(aug.kernel_size, sigma=aug.sigma), p)
     if isinstance(aug, RandomCrop):
         return _maybe(PadCropToInput(aug.padding), p)
+    if isinstance(aug, RandomResizedCrop):
+        return _maybe(ResizedCropToInput(aug.scale, aug.ratio), p)
+    if isinstance(aug, HorizontalFlip):
+        return v2.RandomHorizontalFlip(p=p)
     if isinstance(aug, CutMix):
         if not aug.label_mixing:
             raise ConfigError("cutmix: label_mixing=False has no torchvision reference transform")
