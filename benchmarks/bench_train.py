@@ -37,6 +37,8 @@ AUGS = [
     "equalize",
     "gaussian_blur",
     "random_crop",
+    "random_resized_crop",
+    "hflip",
 ]
 BATCH = 128
 
