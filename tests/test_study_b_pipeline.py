@@ -233,6 +233,7 @@ def test_evaluate_cell_is_cached_and_rejects_nan_maps(run, tmp_path):
     shutil.copytree(out, run2)
     p = explanation_path(run2, "gradcam", variant, seed)
     t, meta = read_explanation(p)
+    assert read_explanation(p, tensors=False) == ({}, meta)  # header only, same metadata
     t["maps"][0, 0, 0] = float("nan")
     save_file(t, str(p), metadata=meta | {"key": "other"})
     with pytest.raises(AuglensError, match="NaN"):

@@ -298,8 +298,8 @@ def make_plan(exp: ExperimentConfig, run_dir: Path, methods: tuple[str, ...] | N
                 if ok_e:
                     from .explain.store import explanation_path, read_explanation
 
-                    key = read_explanation(explanation_path(run_dir, method, variant,
-                                                            seed))[1].get("key", "")
+                    key = read_explanation(explanation_path(run_dir, method, variant, seed),
+                                           tensors=False)[1].get("key", "")
                     ok_e = read_key(evaluation_path(run_dir, method, variant, seed)) == \
                         evaluate_key(key, exp.evaluate)
                 (plan.cached if ok_e else plan.todo)["evaluate"].append(f"{name} {method}")
@@ -343,7 +343,7 @@ def _compare_key(exp: ExperimentConfig, run_dir: Path, method: str) -> str | Non
         if not p.is_file():
             return None
         try:
-            keys.append(read_explanation(p)[1].get("key"))
+            keys.append(read_explanation(p, tensors=False)[1].get("key"))
         except AuglensError:
             return None
     return config_hash({"explanations": keys, "baseline": exp.baseline, "seeds": exp.seeds,

@@ -82,8 +82,10 @@ def cell_estimator(model: torch.nn.Module, cell: Path, data: Any, layer: str | N
     return est
 
 
-def read_explanation(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """(tensors, metadata) of a stored explanation file; a corrupt file gives a clear error."""
+def read_explanation(path: str | Path, tensors: bool = True
+                     ) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """(tensors, metadata) of a stored explanation file; a corrupt file gives a clear error.
+    ``tensors=False`` reads only the header (metadata, e.g. the cache key): no map is loaded."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -91,7 +93,8 @@ def read_explanation(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str
         raise AuglensError(f"explanation file not found: {path} (run `auglens explain` first)")
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+            loaded = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
+            return loaded, dict(f.metadata() or {})
     except Exception as e:
         raise AuglensError(f"corrupt explanation file {path}: {e}") from e
 
@@ -162,7 +165,7 @@ def _has_key(path: Path, key: str) -> bool:
     if not path.is_file():
         return False
     try:
-        return read_explanation(path)[1].get("key") == key
+        return read_explanation(path, tensors=False)[1].get("key") == key
     except AuglensError:
         return False  # corrupt: recompute
 

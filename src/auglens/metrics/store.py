@@ -96,12 +96,12 @@ def read_metadata(path: Path) -> dict[str, str]:
     return {k.decode()[8:]: v.decode() for k, v in meta.items() if k.startswith(b"auglens_")}
 
 
-def _explanation(run_dir: Path, method: str, variant: str, seed: int):
+def _explanation(run_dir: Path, method: str, variant: str, seed: int, tensors: bool = True):
     path = explanation_path(run_dir, method, variant, seed)
     if not path.is_file():
         raise AuglensError(f"no {method} explanation for {variant}/seed{seed} ({path}); run "
                            f"`auglens explain {run_dir} --method {method}` first")
-    return read_explanation(path)
+    return read_explanation(path, tensors)
 
 
 def evaluate_key(expl_key: str, ecfg: EvaluateConfig) -> str:
@@ -133,12 +133,13 @@ def evaluate_cell(
 ) -> tuple[Path, bool]:
     """Alignment and faithfulness of one cell's stored ``method`` maps → (file, cached)."""
     run_dir = Path(run_dir)
-    tensors, meta = _explanation(run_dir, method, variant, seed)
+    _, meta = _explanation(run_dir, method, variant, seed, tensors=False)  # header only
     key = evaluate_key(meta.get("key", ""), ecfg)
     path = evaluation_path(run_dir, method, variant, seed)
     cpath = curves_path(run_dir, method, variant, seed)
     if not force and read_key(path) == key and (not ecfg.faithfulness or read_key(cpath) == key):
         return path, True
+    tensors, _ = _explanation(run_dir, method, variant, seed)
     data = load_dataset(cfg)
     ids = tensors["image_ids"].long()
     size = tuple(data.test.images.shape[-2:])
