@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import random_model
 from torch import Tensor, nn
 
 from auglens.errors import AuglensError
@@ -25,24 +26,14 @@ from auglens.metrics.dissection import (
     tail_size,
     upsample_maps,
 )
-from auglens.models import build_model, save_weights
+from auglens.models import save_weights
 
 # ----------------------------------------------------------------------------- fixtures
 
 
 def _tiny_model(seed: int = 0) -> nn.Module:
     """SmallResNet width 4 (layer3: 16 units at input/4) with non-trivial BN statistics."""
-    torch.manual_seed(seed)
-    m = build_model("small_resnet", 3, width=4)
-    g = torch.Generator().manual_seed(seed)
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            c = mod.num_features
-            mod.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-            mod.running_var.copy_(0.5 + torch.rand(c, generator=g))
-            mod.weight.data.copy_(0.5 + torch.rand(c, generator=g))
-            mod.bias.data.copy_(0.2 * torch.randn(c, generator=g))
-    return m.eval()
+    return random_model("small_resnet", 3, seed, bias_scale=0.2, width=4)
 
 
 NAMES = ["unlabelled", "disc", "box", "bar", "stripes", "dots", "red", "blue"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import random_model
 from torch import Tensor, nn
 
 from auglens.errors import AuglensError
@@ -16,24 +17,14 @@ from auglens.explain import (
     preserved_state,
     upsample,
 )
-from auglens.models import build_model, default_target_layer, get_module
+from auglens.models import default_target_layer, get_module
 
 METHODS = ["gradcam", "gradcam++", "layercam"]
 
 
 def _model(name: str, num_classes: int = 10, seed: int = 0, **params) -> nn.Module:
     """Random-init model with non-trivial BN statistics, so that maps are not all ~0."""
-    torch.manual_seed(seed)
-    m = build_model(name, num_classes, **params)
-    g = torch.Generator().manual_seed(seed)
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            c = mod.num_features
-            mod.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-            mod.running_var.copy_(0.5 + torch.rand(c, generator=g))
-            mod.weight.data.copy_(0.5 + torch.rand(c, generator=g))
-            mod.bias.data.copy_(0.1 * torch.randn(c, generator=g))
-    return m.eval()
+    return random_model(name, num_classes, seed, **params)
 
 
 def _assert_close(a: Tensor, b: Tensor, rel: float = 1e-5) -> None:

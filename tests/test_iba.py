@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import random_model
 from torch import Tensor, nn
 
 from auglens.errors import AuglensError
@@ -21,22 +22,12 @@ from auglens.explain.iba import (
     smooth,
     split_head,
 )
-from auglens.models import build_model, get_module
+from auglens.models import get_module
 
 
 def _model(seed: int = 0, **params) -> nn.Module:
     """small_resnet (width 8), random init with non-trivial BN statistics, eval mode."""
-    torch.manual_seed(seed)
-    m = build_model("small_resnet", 10, width=8, **params)
-    g = torch.Generator().manual_seed(seed)
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            c = mod.num_features
-            mod.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-            mod.running_var.copy_(0.5 + torch.rand(c, generator=g))
-            mod.weight.data.copy_(0.5 + torch.rand(c, generator=g))
-            mod.bias.data.copy_(0.1 * torch.randn(c, generator=g))
-    return m.eval()
+    return random_model("small_resnet", 10, seed, width=8, **params)
 
 
 def _normalize(x: Tensor) -> Tensor:
