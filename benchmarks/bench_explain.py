@@ -30,6 +30,7 @@ from pathlib import Path
 
 import captum
 import torch
+from _harness import ratio_table, write_result
 from captum.attr import LayerGradCam
 from pytorch_grad_cam import GradCAM
 from torch import Tensor, nn
@@ -126,10 +127,6 @@ def bench_model(name: str, batch: int, size: int, reps: int) -> dict[str, object
     }
 
 
-def paired_ratio(t: dict[str, list[float]], num: str, den: str) -> float:
-    return statistics.median(a / b for a, b in zip(t[num], t[den], strict=True))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=32)
@@ -161,16 +158,7 @@ def main() -> None:
             + " | ".join(f"{v:.2f}" for v in med)
             + " |"
         )
-    t2 = [
-        "| ratio | target | " + " | ".join(f"{n} wall | {n} CPU" for n in results) + " |",
-        "|---|---|" + "---|---|" * len(results),
-    ]
-    for label, num, den, target in RATIOS:
-        cells = []
-        for r in results.values():
-            cells.append(f"**{paired_ratio(r['wall'], num, den):.2f}×**")  # type: ignore[arg-type]
-            cells.append(f"{paired_ratio(r['cpu'], num, den):.2f}×")  # type: ignore[arg-type]
-        t2.append(f"| {label} | {target} | " + " | ".join(cells) + " |")
+    t2 = ratio_table(results, RATIOS)
     errs = ", ".join(f"{n} {r['err']:.1e}" for n, r in results.items())
     text = "\n".join(
         [
@@ -212,9 +200,7 @@ def main() -> None:
             "",
         ]
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    write_result(text, args.out)
 
 
 if __name__ == "__main__":

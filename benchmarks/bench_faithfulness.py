@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import quantus
 import torch
+from _harness import paired_ratio, write_result
 from torch import Tensor, nn
 
 import auglens
@@ -177,11 +178,6 @@ def check_against_quantus(model: nn.Module, x: Tensor, maps: Tensor, tgt: Tensor
     return err
 
 
-def paired(t: dict[str, list[float]], num: str, den: str) -> float:
-    """Median of per-repetition ratios over the repetitions where both ways ran (the first)."""
-    return statistics.median(a / b for a, b in zip(t[num], t[den], strict=False))
-
-
 RATIOS = [
     ("auglens / floor (channels-last)", "auglens", "floor", "≤ 1.15"),
     ("auglens NCHW / floor NCHW", "aug-nchw", "floor-nchw", "≤ 1.15"),
@@ -275,8 +271,8 @@ def main() -> None:
         if not (wall[num] and wall[den]):
             continue
         t2.append(
-            f"| {label} | {target} | **{paired(wall, num, den):.2f}×** | "
-            f"{paired(cpu, num, den):.2f}× |"
+            f"| {label} | {target} | **{paired_ratio(wall, num, den):.2f}×** | "
+            f"{paired_ratio(cpu, num, den):.2f}× |"
         )
     text = "\n".join(
         [
@@ -340,9 +336,7 @@ def main() -> None:
             "",
         ]
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    write_result(text, args.out)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from _harness import ratio_table, write_result
 from torch import Tensor, nn
 
 import auglens
@@ -115,10 +116,6 @@ def bench_model(name: str, batch: int, reps: int, ways: list[str]) -> dict[str, 
     }
 
 
-def paired_ratio(t: dict[str, list[float]], num: str, den: str) -> float:
-    return statistics.median(a / b for a, b in zip(t[num], t[den], strict=True))
-
-
 #: (label, numerator way, denominator way, target)
 RATIOS = [
     ("one at a time / batched (fx head)", "single", "batched", "≥ 5"),
@@ -156,16 +153,7 @@ def main() -> None:
             + f" | {per} |"
         )
     ratios = [x for x in RATIOS if x[1] in ways and x[2] in ways]
-    t2 = [
-        "| ratio | target | " + " | ".join(f"{n} wall | {n} CPU" for n in results) + " |",
-        "|---|---|" + "---|---|" * len(results),
-    ]
-    for label, num, den, target in ratios:
-        cells = []
-        for r in results.values():
-            cells.append(f"**{paired_ratio(r['wall'], num, den):.2f}×**")  # type: ignore[arg-type]
-            cells.append(f"{paired_ratio(r['cpu'], num, den):.2f}×")  # type: ignore[arg-type]
-        t2.append(f"| {label} | {target} | " + " | ".join(cells) + " |")
+    t2 = ratio_table(results, ratios)
     errs = ", ".join(f"{n} {r['err']:.1e}" for n, r in results.items())
     fits = ", ".join(f"{n} {r['fit']:.2f} s" for n, r in results.items())
     text = "\n".join(
@@ -208,9 +196,7 @@ def main() -> None:
             "",
         ]
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    write_result(text, args.out)
 
 
 if __name__ == "__main__":
