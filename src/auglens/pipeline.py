@@ -271,7 +271,7 @@ def make_plan(exp: ExperimentConfig, run_dir: Path, methods: tuple[str, ...] | N
               n_images: int | None = None, force: set[str] = frozenset()) -> Plan:
     """Which tasks of each stage are cached (per-cell stages are checked file by file; later
     stages are "to run" whenever an input they read is)."""
-    from .explain.store import explanation_cached
+    from .explain.store import explanation_cached, explanation_path, read_explanation
     from .metrics.store import dissect_key, dissection_path, evaluate_key, evaluation_path, read_key
     from .train.grid import cell_dir, cell_done
 
@@ -296,8 +296,6 @@ def make_plan(exp: ExperimentConfig, run_dir: Path, methods: tuple[str, ...] | N
             if "evaluate" in stages:
                 ok_e = ok and "evaluate" not in force
                 if ok_e:
-                    from .explain.store import explanation_path, read_explanation
-
                     key = read_explanation(explanation_path(run_dir, method, variant, seed),
                                            tensors=False)[1].get("key", "")
                     ok_e = read_key(evaluation_path(run_dir, method, variant, seed)) == \
@@ -507,11 +505,8 @@ class _Run:
                         lambda: analyse_dissection(exp, self.run_dir))
 
     def report(self) -> None:
-        try:
-            from .report import build_report
-        except ImportError:  # the report package is optional until it lands
-            self.rep.message("[report] skipped: auglens.report is not available")
-            return
+        from .report import build_report
+
         self.rep.stage("report", 1, 0)
         res = build_report(self.run_dir)
         self.outputs["report"] = res
