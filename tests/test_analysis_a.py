@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from auglens.analysis.stats import bootstrap_ci
+from auglens.analysis.inference import Settings
 from auglens.analysis.study_a import (
     NOISE_FLOOR,
     cluster,
@@ -12,6 +12,7 @@ from auglens.analysis.study_a import (
     seed_average,
     summarize,
 )
+from auglens.stats import bootstrap_ci
 
 
 def test_bootstrap_ci_matches_slow_loop_and_known_cases():
@@ -52,10 +53,17 @@ def test_seed_average_and_summary():
     assert aff.loc[0] == 0.5 and aff.loc[3] == 3.5 and np.isnan(aff.loc[4])
     floor = per[per.variant == NOISE_FLOOR].set_index("image_id")["value"]
     assert floor.loc[2] == pytest.approx(0.2)
-    s = summarize(per, n_boot=200).set_index("variant")
-    assert s.loc["affine", "mean"] == pytest.approx(2.0)
-    assert s.loc["affine", "n_nan"] == 1 and s.loc["affine", "n_images"] == 5
-    assert s.loc["cutmix", "median"] == pytest.approx(3.0)
+    s = summarize(_sim_table(), Settings(n_boot=200)).set_index("variant")
+    # affine: seeds 0 and 1 over images 0..3 (values img + seed), image 4 NaN for seed 0
+    assert s.loc["affine", "mean"] == pytest.approx(np.mean([i + k for i in range(4)
+                                                             for k in (0, 1)]))
+    assert s.loc["affine", "n_nan"] == 2 and s.loc["affine", "n_images"] == 5  # + image 4 seed 1
+    assert s.loc["cutmix", "mean"] == pytest.approx(3.0)
+    # mad is a distance: diff = value − floor; the floor is 0.1·img over images 0..3
+    assert s.loc["cutmix", "diff"] == pytest.approx(3.0 - 0.15)
+    assert s.loc[NOISE_FLOOR, "n_seeds"] == 1 and s.loc["affine", "n_seeds"] == 2
+    assert bool(s.loc["affine", "provisional"]) and s.loc["cutmix", "verdict"] in (
+        "beyond", "undecided")
 
 
 def test_correlations_equal_scipy_and_pair_frequency_by_hand():

@@ -26,7 +26,8 @@ def test_set_parses_yaml_values_and_list_indices():
 @pytest.mark.parametrize(
     "override, pattern",
     [
-        ("train.epochz=3", r"train\.epochz: unknown field; valid fields here: epochs, batch_size"),
+        ("train.epochz=3", r"train\.epochz: unknown field; valid fields here: epochs, stop, "
+                           r"max_epochs"),
         ("train.epochs=0", r"train\.epochs: Input should be greater than or equal to 1 \(got 0\)"),
         ("train.optimizer=lion", r"train\.optimizer: Input should be 'sgd' or 'adamw'"),
         ("train.device=tpu", r"device must be 'auto', 'cpu' or 'cuda\[:N\]'"),
@@ -90,5 +91,9 @@ def test_every_shipped_preset_is_a_valid_experiment():
         assert exp.name == name and exp.baseline in exp.variants
     quick = load_config(ExperimentConfig, _preset_raw("quick"))
     standard = load_config(ExperimentConfig, _preset_raw("standard"))
-    assert quick.variants == standard.variants and quick.seeds == standard.seeds == [0, 1]
-    assert len(quick.variants) == 14  # baseline + 7 Study A + 6 Study B
+    # both are studies: >= 3 seeds, trained until converged; quick is a subset of standard
+    assert quick.seeds == standard.seeds == [0, 1, 2]
+    assert quick.train.stop == standard.train.stop == "converged"
+    assert set(quick.variants) <= set(standard.variants)
+    assert len(standard.variants) == 14  # baseline + 7 Study A + 6 Study B
+    assert {"affine", "cutmix", "cutmix_hard"} <= set(quick.variants)

@@ -306,7 +306,8 @@ def test_cli_run_and_train_on_folder(folder, tmp_path):
         "variants": {"baseline": [], "cutmix": [{"name": "cutmix"}]},
         "explain": {"methods": ["gradcam", "iba"], "estimator_images": 6,
                     "params": {"iba": {"steps": 2, "batch_noise": 2}}},
-        "evaluate": {"n_images": 4, "n_steps": 4, "n_random": 2, "bootstrap": 100},
+        "evaluate": {"n_images": 4, "n_steps": 4, "n_random": 2},
+        "analysis": {"n_boot": 100},
     }  # fmt: skip
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(exp))

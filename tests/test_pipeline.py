@@ -22,7 +22,8 @@ EXP = {
     "train": {"epochs": 1, "batch_size": 64, "threads": 1},
     "seeds": [0, 1],
     "variants": {"baseline": [], "affine": [{"name": "affine"}], "crop": [{"name": "random_crop"}]},
-    "evaluate": {"n_images": 8, "n_steps": 4, "n_random": 2, "bootstrap": 200},
+    "evaluate": {"n_images": 8, "n_steps": 4, "n_random": 2},
+    "analysis": {"n_boot": 200},
     "dissect": {"n_images": 40},
 }
 

@@ -18,7 +18,8 @@ from auglens.config import ExperimentConfig, load_config  # noqa: E402
 from auglens.explain.store import explain_grid, explanation_path, read_explanation  # noqa: E402
 from auglens.report import build_report  # noqa: E402
 from auglens.report.html import Section, table_html, table_md  # noqa: E402
-from auglens.train.grid import train_grid  # noqa: E402
+from auglens.train.grid import train_grid
+from auglens.train.matching import performance_table  # noqa: E402
 
 TINY = {
     "name": "tiny-report",
@@ -111,13 +112,10 @@ def full_run(tmp_path_factory):
     # the pipeline's train → explain → compare, step by step (Study B tables are synthetic)
     (out / "experiment.json").write_text(json.dumps(exp.model_dump(mode="json")))
     train_grid(exp, out)
-    perf = []
-    for variant, seed, _ in exp.cells():
-        rec = json.loads((out / "cells" / variant / f"seed{seed}" / "record.json").read_text())
-        perf.append({"variant": variant, "seed": seed, "train_seconds": rec["train_seconds"],
-                     **{k: rec["test"][k] for k in ("accuracy", "precision", "recall", "f1")}})
+    records = {(v, s): json.loads((out / "cells" / v / f"seed{s}" / "record.json").read_text())
+               for v, s, _ in exp.cells()}
     (out / "tables").mkdir()
-    pd.DataFrame(perf).to_parquet(out / "tables" / "performance.parquet", index=False)
+    performance_table(records).to_parquet(out / "tables" / "performance.parquet", index=False)
     explain_grid(exp, out)
     analyse_study_a(exp, out, n_boot=200)
     (out / "stages").mkdir()

@@ -43,7 +43,8 @@ TINY = {
     },
     "explain": {"methods": ["gradcam", "iba"], "limit": {"iba": 6}, "estimator_images": 64,
                 "params": {"iba": {"steps": 3, "batch_noise": 2}}},
-    "evaluate": {"n_images": 8, "n_steps": 4, "n_random": 2, "bootstrap": 200},
+    "evaluate": {"n_images": 8, "n_steps": 4, "n_random": 2},
+    "analysis": {"n_boot": 200},
     "dissect": {"n_images": 40},
 }
 
@@ -73,8 +74,10 @@ def test_tables_and_plots_exist_with_documented_columns(run):
     t = out / "tables"
     cols = {
         "interpretability": ["image_id", "variant", "seed", "method", "metric", "value"],
-        "summary_b": ["method", "variant", "metric", "mean", "ci_low", "ci_high", "n_images",
-                      "n_nan", "family", "label_mixing"],
+        "summary_b": ["method", "variant", "reference", "metric", "mean", "ci_low", "ci_high",
+                      "se", "df", "pct_low", "pct_high", "n_seeds", "n_images", "n_nan",
+                      "family", "label_mixing", "diff", "diff_low", "diff_high", "margin",
+                      "verdict", "provisional", "seeds_needed", "unconverged", "failed"],
         "alignment_counts": ["variant", "seed", "method", "n_images", "n_kept", "n_used"],
         "curves": ["variant", "seed", "method", "kind", "order", "step", "fraction", "score",
                    "sem", "n_images"],

@@ -85,18 +85,36 @@ def test_soft_cross_entropy_equals_mixed_ce():
     assert torch.allclose(soft_cross_entropy(z, t), ref, atol=1e-6)
 
 
-def test_early_stopping_restores_best(tmp_path):
-    r = train_cell(
-        tiny(
-            extra=[
-                "train.epochs=4",
-                "train.early_stopping_patience=1",
-            ]
-        ),
-        tmp_path,
-    ).record
-    accs = [h["val_accuracy"] for h in r["history"]]
-    assert r["best_epoch"] == 1 + accs.index(max(accs))
+def test_stop_converged_keeps_the_best_epoch_and_checkpoints(tmp_path):
+    r = train_cell(tiny(extra=["train.stop=converged", "train.max_epochs=4", "train.patience=1",
+                               "train.lr_decays=0", "train.min_delta=0.5"]),
+                   tmp_path, keep_checkpoints=True).record
+    losses = [h["val_loss"] for h in r["history"]]
+    # min_delta 0.5: no epoch counts as an improvement, so the first plateau (epoch 2) stops;
+    # the weights kept are those of the lowest validation loss (the default monitor)
+    assert r["epochs_trained"] == 2 and r["converged"] is True
+    assert r["best_epoch"] == 1 + losses.index(min(losses))
+    assert r["best_val_accuracy"] == r["history"][r["best_epoch"] - 1]["val_accuracy"]
+    assert sorted(r["checkpoint_sha256"]) == ["1", "2"]
+    from auglens.models.registry import file_sha256
+    from auglens.train.trainer import checkpoint_path
+
+    for e, sha in r["checkpoint_sha256"].items():
+        assert file_sha256(checkpoint_path(tmp_path, int(e))) == sha
+    assert r["weights_sha256"] == r["checkpoint_sha256"][str(r["best_epoch"])]
+
+
+def test_bf16_channels_last_training_is_bit_identical_twice(tmp_path):
+    """The bfloat16 autocast path (chosen automatically on CUDA and on CPUs with native bf16;
+    forced here) gives the same bytes when run twice."""
+    cfg = tiny(extra=["train.precision=bf16", "train.epochs=1", "data.n_train=128"])
+    a = train_cell(cfg, tmp_path / "a").record
+    b = train_cell(cfg, tmp_path / "b").record
+    assert a["precision"] == "bf16"
+    assert a["weights_sha256"] == b["weights_sha256"]
+    fp32 = train_cell(tiny(extra=["train.precision=fp32", "train.epochs=1", "data.n_train=128"]),
+                      tmp_path / "c").record
+    assert fp32["weights_sha256"] != a["weights_sha256"]
 
 
 def test_unwritable_output_dir_errors(tmp_path):

@@ -1,4 +1,5 @@
-"""Command line: ``auglens list | train | run | explain | compare | evaluate | dissect | report``.
+"""Command line: ``auglens list | train | run | explain | compare | evaluate | dissect | report |
+replicate``.
 
 Every user error exits 2 with a one-line message."""
 
@@ -101,7 +102,25 @@ def _load_experiment(args: argparse.Namespace):
         raw, source = read_yaml(args.experiment), str(args.experiment)
     else:
         raw, source = _preset_raw(args.preset), f"preset {args.preset}"
-    return load_config(ExperimentConfig, raw, args.set, source=source)
+    overrides = list(args.set)
+    if getattr(args, "seeds", None):
+        overrides.append(f"seeds=[{','.join(str(s) for s in _parse_seeds(args.seeds))}]")
+    return load_config(ExperimentConfig, raw, overrides, source=source)
+
+
+def _parse_seeds(text: str) -> list[int]:
+    """``3,4,5`` or ``3-5`` → [3, 4, 5]; anything else is a one-line error."""
+    try:
+        if "-" in text.strip("-") and "," not in text:
+            lo, hi = (int(x) for x in text.split("-", 1))
+            seeds = list(range(lo, hi + 1))
+        else:
+            seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise AuglensError(f"--seeds expects integers like 3,4,5 or 3-5, got '{text}'")
+    return seeds
 
 
 def _run_dir_experiment(run_dir: Path, overrides: list[str]):
@@ -220,6 +239,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replicate(args: argparse.Namespace) -> int:
+    from .analysis.replicate import replicate
+    from .utils import write_json
+
+    table, summary = replicate(args.run_a, args.run_b)
+    print(f"replication: seeds {summary['seeds_a']} ({args.run_a}) vs {summary['seeds_b']} "
+          f"({args.run_b})")
+    if summary["differences"]:
+        print(f"  warning: the experiments also differ in: {', '.join(summary['differences'])}")
+    for study, r in summary["by_study"].items():
+        print(f"  Study {study}: {r['agreement']:.1%} of {r['n']} verdicts agree")
+    print(f"  overall: {summary['agreement']:.1%} of {summary['n']} verdicts agree")
+    dis = table[~table.agree]
+    if len(dis):
+        cols = [c for c in ("study", "method", "variant", "metric", "verdict_a", "verdict_b")
+                if c in dis]
+        print("  disagreements:\n" + dis[cols].to_string(index=False))
+    if args.out:
+        table.to_parquet(args.out.with_suffix(".parquet"), index=False)
+        write_json(args.out.with_suffix(".json"), summary)
+        print(f"wrote {args.out.with_suffix('.parquet')} and .json")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .executors import make_executor
     from .pipeline import Reporter, RunLock, make_plan, run_pipeline
@@ -271,7 +314,9 @@ def _print_summary(out: Path, result: dict[str, Any], seconds: float) -> None:
     from rich.table import Table
 
     perf = result["performance"]
-    acc = perf.groupby("variant", sort=False)["accuracy"].agg(["mean", "std"])
+    acc = perf.groupby("variant", sort=False).agg(
+        mean=("accuracy", "mean"), std=("accuracy", "std"), conv=("converged", "sum"),
+        n=("converged", "size"), failed=("failed", "sum"))
 
     def read(name: str) -> pd.DataFrame | None:
         path = out / "tables" / f"{name}.parquet"
@@ -283,25 +328,49 @@ def _print_summary(out: Path, result: dict[str, Any], seconds: float) -> None:
     if summary_b is not None:
         summary_b = summary_b[summary_b.method == summary_b.method.iloc[0]]
     table = Table(title=f"auglens run: {out}  ({seconds:.0f}s)")
-    table.add_column("variant")
-    table.add_column("accuracy ± sd", justify="right")
-    cols_a = ["spearman", "overlap@10"] if summary is not None else []
+    for col in ("variant", "test acc ± sd", "conv."):
+        table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
+    cols_a = ["spearman"] if summary is not None else []
     cols_b = ["energy_pointing_game", "delta_ins"] if summary_b is not None else []
     names = {"energy_pointing_game": "energy PG", "delta_ins": "ΔIns"}
     for c in cols_a + cols_b:
-        table.add_column(f"{names.get(c, c)} [95% CI]", justify="right")
+        table.add_column(f"{names.get(c, c)} [95% CI]", justify="right", no_wrap=True)
+    if cols_a or cols_b:
+        table.add_column("vs acc.-matched", justify="right", no_wrap=True)
     for variant, row in acc.iterrows():
-        cells = [f"{row['mean']:.4f} ± {0 if pd.isna(row['std']) else row['std']:.4f}"]
+        mark = " ‡" if row["failed"] else ""
+        cells = [f"{row['mean']:.3f} ± {0 if pd.isna(row['std']) else row['std']:.3f}",
+                 f"{int(row['conv'])}/{int(row['n'])}" + ("" if row["conv"] == row["n"] else " †")]
         cells += [_ci_cell(summary, variant, c) for c in cols_a]
         cells += [_ci_cell(summary_b, variant, c) for c in cols_b]
-        table.add_row(variant, *cells)
+        if cols_a or cols_b:
+            cells.append(" ".join(filter(None, (_ci_cell(summary, variant, cols_a[0], "matched",
+                                                         short=True) if cols_a else "",
+                                                _ci_cell(summary_b, variant, cols_b[-1],
+                                                         "matched", short=True)
+                                                if cols_b else ""))))
+        table.add_row(variant + mark, *cells)
     if summary is not None:
-        table.add_row("noise floor", "", *[_ci_cell(summary, "noise_floor", c) for c in cols_a],
-                      *["" for _ in cols_b])
+        table.add_row("noise floor", "", "", *[_ci_cell(summary, "noise_floor", c) for c in cols_a],
+                      *["" for _ in cols_b], "")
     console = Console()
-    if not console.is_terminal or console.width < 130:
-        console = Console(width=130)
+    if not console.is_terminal or console.width < 150:
+        console = Console(width=150)
     console.print(table)
+    notes = ["verdicts from the 95 % CI over training runs and images: Study A (spearman) "
+             "against the seed noise floor — beyond / within / closer / undec.(ided); "
+             "Study B against the baseline — higher / lower / same / undec.; 'vs acc.-matched' "
+             "= the same verdicts against the baseline checkpoint of equal accuracy"]
+    if (acc["conv"] < acc["n"]).any():
+        notes.append("† some cells did not converge (stopped at the epoch cap while still "
+                     "improving): comparisons with them are confounded with under-training")
+    if acc["failed"].any():
+        notes.append("‡ a failed run (far below the other seeds of its variant): exclude it "
+                     "with analysis.exclude or add a seed")
+    ref = summary if summary is not None else summary_b
+    if ref is not None and "provisional" in ref and ref.provisional.fillna(False).any():
+        notes.append("fewer than 3 seeds: intervals and verdicts are provisional")
+    print("\n".join(notes))
     for stage, why in result.get("skipped", {}).items():
         print(f"skipped {stage}: {why}")
     report = out / "report" / "index.html"
@@ -309,14 +378,23 @@ def _print_summary(out: Path, result: dict[str, Any], seconds: float) -> None:
           f"   log: {out / 'run.log'}")
 
 
-def _ci_cell(summary, variant: str, metric: str) -> str:
+def _ci_cell(summary, variant: str, metric: str, reference: str = "final",
+             short: bool = False) -> str:
     if summary is None:
         return ""
-    r = summary[(summary.variant == variant) & (summary.metric == metric)]
+    sel = (summary.variant == variant) & (summary.metric == metric)
+    if "reference" in summary:
+        sel &= summary.reference == reference
+    r = summary[sel]
     if r.empty:
-        return "—"
+        return "" if short else "—"
     r = r.iloc[0]
-    return f"{r['mean']:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+    verdict = r.get("verdict") if isinstance(r.get("verdict"), str) else ""
+    verdict = {"undecided": "undec."}.get(verdict, verdict)
+    if short:
+        name = {"spearman": "A", "delta_ins": "ΔIns"}.get(metric, metric)
+        return f"{name}: {verdict}" if verdict else ""
+    return f"{r['mean']:.2f} [{r.ci_low:.2f},{r.ci_high:.2f}] {verdict}".rstrip()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -392,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", action="append", default=None,
                    help="explainer (repeatable; default: the experiment's explain.methods)")
     s.add_argument("--n-images", type=int, default=None, help="explain the first N test images")
+    s.add_argument("--seeds", default=None, metavar="LIST",
+                   help="override the seeds, e.g. 3,4,5 or 3-5 (a replication with disjoint "
+                        "seeds: see `auglens replicate`)")
     s.add_argument("--force", action="append", default=[], metavar="STAGE",
                    help="recompute a stage: train, explain, compare, evaluate, dissect or "
                         "report (repeatable)")
@@ -404,6 +485,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="wait if another run holds the directory")
     s.add_argument("--quiet", action="store_true", help="no progress output (see run.log)")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("replicate", help="share of verdicts two runs with disjoint seeds agree on")
+    s.add_argument("run_a", type=Path)
+    s.add_argument("run_b", type=Path)
+    s.add_argument("--out", type=Path, default=None,
+                   help="also write the verdict table (.parquet) and the summary (.json)")
+    s.set_defaults(func=cmd_replicate)
     return p
 
 

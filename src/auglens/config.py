@@ -73,23 +73,46 @@ class ModelConfig(_WithParams):
 
 
 class TrainConfig(_Strict):
-    """Optimisation. ``epochs``/``milestones`` in epochs; lr schedules step once per batch."""
+    """Optimisation. ``epochs``/``milestones`` in epochs; lr schedules step once per batch.
+
+    ``stop``: ``fixed`` trains ``epochs`` epochs; ``converged`` trains until the monitored
+    validation quantity (``monitor``) has not improved by more than ``min_delta`` for
+    ``patience`` epochs at the lowest learning rate (the ``plateau`` schedule first divides the
+    learning rate by 1/``gamma`` ``lr_decays`` times), at most ``max_epochs`` (SPEC §10). Either
+    way ``converged`` is recorded per cell and the weights of the best validation epoch are kept.
+    The default monitor is the validation loss: on a few hundred validation images the accuracy
+    jumps by more than ``min_delta`` from epoch to epoch at a high learning rate, and a plateau
+    rule on it decays (or stops) too early.
+    ``schedule`` ``auto``: ``onecycle`` for fixed epochs, ``plateau`` for ``stop: converged``;
+    ``exponential`` multiplies the learning rate by ``decay_rate`` per epoch after the warm-up
+    (the same schedule for every cell, whatever its length).
+    ``precision`` ``auto``: bfloat16 autocast on CUDA and on CPUs with native bfloat16
+    (AVX-512-BF16 / AMX), float32 elsewhere; the model always runs channels-last.
+    """
 
     epochs: int = Field(default=6, ge=1)
+    stop: Literal["fixed", "converged"] = "fixed"
+    max_epochs: int = Field(default=60, ge=1)
+    patience: int = Field(default=2, ge=1)
+    min_delta: float = Field(default=0.01, ge=0, lt=1)
+    monitor: Literal["val_accuracy", "val_loss"] = "val_loss"
+    lr_decays: int = Field(default=2, ge=0)
+    warmup_epochs: float = Field(default=1.0, ge=0)
     batch_size: int = Field(default=128, ge=2)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(default=0.1, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(default=5e-4, ge=0)
-    schedule: Literal["onecycle", "cosine", "step", "constant"] = "onecycle"
+    schedule: Literal["auto", "onecycle", "cosine", "step", "constant", "plateau",
+                      "exponential"] = "auto"
+    decay_rate: float = Field(default=0.85, gt=0, le=1)
     milestones: list[float] = Field(default_factory=list)
-    gamma: float = Field(default=0.1, gt=0)
+    gamma: float = Field(default=0.1, gt=0, le=1)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
-    early_stopping_patience: int | None = Field(default=None, ge=1)
     eval_batch_size: int = Field(default=500, ge=1)
     device: str = "auto"
-    amp: bool = False
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     threads: int | None = Field(default=None, ge=1)
 
     @field_validator("device")
@@ -98,6 +121,24 @@ class TrainConfig(_Strict):
         if v not in ("auto", "cpu") and not v.startswith("cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got '{v}'")
         return v
+
+    @model_validator(mode="after")
+    def _valid(self) -> TrainConfig:
+        if self.stop == "converged" and self.max_epochs <= self.patience:
+            raise ValueError(f"max_epochs ({self.max_epochs}) must be larger than patience "
+                             f"({self.patience}) when stop is 'converged'")
+        return self
+
+    @property
+    def epoch_cap(self) -> int:
+        """Epochs trained at most: ``epochs`` (fixed) or ``max_epochs`` (converged)."""
+        return self.epochs if self.stop == "fixed" else self.max_epochs
+
+    @property
+    def resolved_schedule(self) -> str:
+        if self.schedule != "auto":
+            return self.schedule
+        return "onecycle" if self.stop == "fixed" else "plateau"
 
 
 class ExplainConfig(_Strict):
@@ -166,7 +207,6 @@ class EvaluateConfig(_Strict):
     blur_sigma: float = Field(default=5.0, gt=0)
     max_batch: int = Field(default=512, ge=1)
     seed: int = 0
-    bootstrap: int = Field(default=2000, ge=100)
 
 
 class DissectConfig(_Strict):
@@ -188,6 +228,27 @@ class DissectConfig(_Strict):
         if self.probe == "broden" and self.broden_root is None:
             raise ValueError("probe 'broden' needs broden_root (the folder with index.csv)")
         return self
+
+
+class AnalysisConfig(_Strict):
+    """Statistics over models (SPEC §9–10). Intervals: two-way (seed × image) bootstrap with
+    ``n_boot`` resamples (seed ``seed``) at ``level``; verdicts use the equivalence ``margin`` as a
+    fraction of the reference's value (the noise floor in Study A, the baseline in Study B);
+    ``power`` sizes the seeds-needed estimate. ``matched``: also compare every variant with the
+    baseline checkpoint of the same seed whose validation accuracy is closest to the variant's
+    (the baseline keeps one checkpoint per epoch). ``failed_margin``: a converged cell whose best
+    validation accuracy is more than this below the median of its variant's other seeds is a
+    failed run. ``exclude``: cells (``variant/seed<k>``) left out of the whole run, e.g. a failed
+    run (its files stay on disk)."""
+
+    n_boot: int = Field(default=2000, ge=100)
+    level: float = Field(default=0.95, gt=0.5, lt=1)
+    margin: float = Field(default=0.1, ge=0)
+    power: float = Field(default=0.8, gt=0, lt=1)
+    seed: int = 0
+    matched: bool = True
+    failed_margin: float = Field(default=0.05, ge=0, le=1)
+    exclude: list[str] = Field(default_factory=list)
 
 
 AugSpec = dict[str, Any]
@@ -234,6 +295,7 @@ class ExperimentConfig(_Strict):
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     dissect: DissectConfig = Field(default_factory=DissectConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
 
     @field_validator("variants")
     @classmethod
@@ -258,13 +320,22 @@ class ExperimentConfig(_Strict):
             raise ValueError(
                 f"seeds must be a non-empty list of distinct integers, got {self.seeds}"
             )
+        valid = {f"{v}/seed{s}" for v in self.variants for s in self.seeds}
+        bad = [c for c in self.analysis.exclude if c not in valid]
+        if bad:
+            raise ValueError(f"analysis.exclude: unknown cell '{bad[0]}'; cells are named "
+                             f"variant/seed<k>, e.g. {self.baseline}/seed{self.seeds[0]}")
         return self
 
     def cells(self) -> list[tuple[str, int, CellConfig]]:
-        """(variant, seed, cell config) for the whole grid, variants in file order."""
+        """(variant, seed, cell config) for the whole grid, variants in file order, without the
+        cells in ``analysis.exclude``."""
         out = []
+        excluded = set(self.analysis.exclude)
         for seed in self.seeds:
             for variant, spec in self.variants.items():
+                if f"{variant}/seed{seed}" in excluded:
+                    continue
                 cell = CellConfig(
                     data=self.data, model=self.model, train=self.train, augment=spec, seed=seed
                 )
@@ -346,7 +417,8 @@ def _format_validation_error(e: ValidationError, source: str) -> str:
 def _valid_fields(title: str, loc: tuple) -> str:
     model: Any = {"CellConfig": CellConfig, "ExperimentConfig": ExperimentConfig,
                   "ExplainConfig": ExplainConfig, "EvaluateConfig": EvaluateConfig,
-                  "DissectConfig": DissectConfig}.get(title)
+                  "DissectConfig": DissectConfig, "AnalysisConfig": AnalysisConfig,
+                  "TrainConfig": TrainConfig}.get(title)
     for part in loc:
         if model is None:
             break

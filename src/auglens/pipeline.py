@@ -28,6 +28,7 @@ from typing import Any
 from .config import CellConfig, ExperimentConfig, config_hash
 from .errors import AuglensError
 from .executors import Executor, LocalExecutor
+from .train.matching import matched_checkpoints
 from .utils import write_json
 
 STAGES = ("train", "explain", "compare", "evaluate", "dissect", "report")
@@ -140,30 +141,30 @@ def _put(events: Any, *event: Any) -> None:
             pass
 
 
-def _train_task(cell: dict[str, Any], path: str, name: str = "", events: Any = None
-                ) -> dict[str, Any]:
+def _train_task(cell: dict[str, Any], path: str, name: str = "", events: Any = None,
+                keep_checkpoints: bool = False) -> dict[str, Any]:
     from .train import train_cell
 
     cfg = CellConfig.model_validate(cell)
-    total = cfg.train.epochs
+    total = cfg.train.epoch_cap
 
     def progress(entry: dict[str, Any]) -> None:
         _put(events, "epoch", name, entry["epoch"], total, f"val acc {entry['val_accuracy']:.3f}")
 
     _put(events, "epoch", name, 0, total, "")
     try:
-        return train_cell(cfg, path, progress=progress).record
+        return train_cell(cfg, path, progress=progress, keep_checkpoints=keep_checkpoints).record
     finally:
         _put(events, "end", name)
 
 
 def _explain_task(cell: dict[str, Any], run_dir: str, variant: str, seed: int, method: str,
                   n_images: int | None, force: bool, params: dict[str, Any] | None = None,
-                  estimator_images: int = 1000, batch_size: int = 500, events: Any = None
-                  ) -> tuple[str, bool]:
+                  estimator_images: int = 1000, batch_size: int = 500, events: Any = None,
+                  epoch: int | None = None) -> tuple[str, bool]:
     from .explain.store import explain_cell
 
-    name = f"{variant}/seed{seed} {method}"
+    name = f"{_cell_name(variant, seed, epoch)} {method}"
 
     def on_batch(done: int, total: int) -> None:
         _put(events, "images", name, done, total, "")
@@ -172,20 +173,25 @@ def _explain_task(cell: dict[str, Any], run_dir: str, variant: str, seed: int, m
         path, cached = explain_cell(CellConfig.model_validate(cell), run_dir, variant, seed,
                                     method, n_images, batch_size=batch_size, force=force,
                                     params=params, estimator_images=estimator_images,
-                                    on_batch=on_batch)
+                                    on_batch=on_batch, epoch=epoch)
     finally:
         _put(events, "end", name)
     return str(path), cached
 
 
 def _evaluate_task(cell: dict[str, Any], run_dir: str, variant: str, seed: int, method: str,
-                   ecfg: dict[str, Any], force: bool) -> tuple[str, bool]:
+                   ecfg: dict[str, Any], force: bool, epoch: int | None = None
+                   ) -> tuple[str, bool]:
     from .config import EvaluateConfig
     from .metrics.store import evaluate_cell
 
     path, cached = evaluate_cell(CellConfig.model_validate(cell), run_dir, variant, seed, method,
-                                 EvaluateConfig.model_validate(ecfg), force=force)
+                                 EvaluateConfig.model_validate(ecfg), force=force, epoch=epoch)
     return str(path), cached
+
+
+def _cell_name(variant: str, seed: int, epoch: int | None = None) -> str:
+    return f"{variant}/seed{seed}" + ("" if epoch is None else f"@epoch{epoch}")
 
 
 def _dissect_task(cell: dict[str, Any], run_dir: str, variant: str, seed: int,
@@ -255,6 +261,7 @@ class Plan:
     todo: dict[str, list[str]] = field(default_factory=dict)
     cached: dict[str, list[str]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = []
@@ -264,7 +271,7 @@ class Plan:
             out += [f"           run    {t}" for t in self.todo[stage]]
             out += [f"           cached {t}" for t in self.cached[stage]]
         out += [f"{stage:<8} skipped: {why}" for stage, why in self.skipped.items()]
-        return out
+        return out + [f"note: {n}" for n in self.notes]
 
 
 def make_plan(exp: ExperimentConfig, run_dir: Path, methods: tuple[str, ...] | None = None,
@@ -281,29 +288,40 @@ def make_plan(exp: ExperimentConfig, run_dir: Path, methods: tuple[str, ...] | N
     skipped = skipped_stages(exp)
     stages = [s for s in STAGES if s not in skipped and s != "report"]
     plan = Plan({s: [] for s in stages}, {s: [] for s in stages}, skipped)
-    expl_ok: dict[tuple[str, int, str], bool] = {}
+    done: dict[tuple[str, int], bool] = {}
     for variant, seed, cfg in exp.cells():
-        path = cell_dir(run_dir, variant, seed)
-        name = f"{variant}/seed{seed}"
-        done = cell_done(path, cfg) and "train" not in force
-        (plan.cached if done else plan.todo)["train"].append(name)
+        keep = exp.analysis.matched and variant == exp.baseline
+        done[(variant, seed)] = (cell_done(cell_dir(run_dir, variant, seed), cfg, keep)
+                                 and "train" not in force)
+        (plan.cached if done[(variant, seed)] else plan.todo)["train"].append(
+            f"{variant}/seed{seed}")
+    base = {s: c for v, s, c in exp.cells() if v == exp.baseline}
+    explained = [(v, s, c, None) for v, s, c in exp.cells()]
+    if all(done.values()):  # the matched checkpoints are known once every cell is trained
+        explained += [(exp.baseline, s, base[s], e)
+                      for s, e in matched_checkpoints(exp, run_dir) if s in base]
+    elif exp.analysis.matched and len(exp.variants) > 1:
+        plan.notes.append("explain/evaluate: + the accuracy-matched baseline checkpoints, "
+                          "chosen after training")
+    for variant, seed, cfg, epoch in explained:
+        name = f"{variant}/seed{seed}" + ("" if epoch is None else f"@epoch{epoch}")
         for method in ec.methods:
-            ok = done and "explain" not in force and explanation_cached(
+            ok = done[(variant, seed)] and "explain" not in force and explanation_cached(
                 cfg, run_dir, variant, seed, method, ec.images_for(method),
-                ec.params.get(method), ec.estimator_images)
-            expl_ok[(variant, seed, method)] = ok
+                ec.params.get(method), ec.estimator_images, epoch)
             (plan.cached if ok else plan.todo)["explain"].append(f"{name} {method}")
             if "evaluate" in stages:
                 ok_e = ok and "evaluate" not in force
                 if ok_e:
-                    key = read_explanation(explanation_path(run_dir, method, variant, seed),
+                    key = read_explanation(explanation_path(run_dir, method, variant, seed, epoch),
                                            tensors=False)[1].get("key", "")
-                    ok_e = read_key(evaluation_path(run_dir, method, variant, seed)) == \
+                    ok_e = read_key(evaluation_path(run_dir, method, variant, seed, epoch)) == \
                         evaluate_key(key, exp.evaluate)
                 (plan.cached if ok_e else plan.todo)["evaluate"].append(f"{name} {method}")
-        if "dissect" in stages:
-            ok_d = done and "dissect" not in force
+        if "dissect" in stages and epoch is None:
+            ok_d = done[(variant, seed)] and "dissect" not in force
             if ok_d:
+                path = cell_dir(run_dir, variant, seed)
                 sha = json.loads((path / "record.json").read_text())["weights_sha256"]
                 ok_d = read_key(dissection_path(run_dir, variant, seed)) == \
                     dissect_key(cfg, sha, exp.dissect)
@@ -336,8 +354,10 @@ def _compare_key(exp: ExperimentConfig, run_dir: Path, method: str) -> str | Non
     from .explain.store import explanation_path, read_explanation
 
     keys = []
-    for variant, seed, _ in exp.cells():
-        p = explanation_path(run_dir, method, variant, seed)
+    cells = [(v, s, None) for v, s, _ in exp.cells()]
+    cells += [(exp.baseline, s, e) for s, e in matched_checkpoints(exp, run_dir)]
+    for variant, seed, epoch in cells:
+        p = explanation_path(run_dir, method, variant, seed, epoch)
         if not p.is_file():
             return None
         try:
@@ -345,7 +365,8 @@ def _compare_key(exp: ExperimentConfig, run_dir: Path, method: str) -> str | Non
         except AuglensError:
             return None
     return config_hash({"explanations": keys, "baseline": exp.baseline, "seeds": exp.seeds,
-                        "variants": list(exp.variants), "version": 1})
+                        "variants": list(exp.variants),
+                        "analysis": exp.analysis.model_dump(mode="json"), "version": 2})
 
 
 def _files_key(paths: list[Path], extra: Any) -> str | None:
@@ -419,34 +440,44 @@ class _Run:
             self.rep.advance(stage, label(tasks[i]) + (" (cached)" if cached else ""))
 
     def train(self) -> Any:
-        import pandas as pd
-
         from .analysis.run_a import write_table
         from .train.grid import cell_dir, cell_done
+        from .train.matching import matching_table, performance_table
 
         t0 = time.perf_counter()
-        run_dir, cells = self.run_dir, self.exp.cells()
+        run_dir, exp, cells = self.run_dir, self.exp, self.exp.cells()
+        keep = {v: exp.analysis.matched and v == exp.baseline for v in exp.variants}
         todo = [(v, s, c) for v, s, c in cells
-                if "train" in self.force or not cell_done(cell_dir(run_dir, v, s), c)]
+                if "train" in self.force or not cell_done(cell_dir(run_dir, v, s), c, keep[v])]
         self.rep.stage("train", len(cells), len(cells) - len(todo))
         events = self.executor.events()
-        tasks = [(c.model_dump(mode="json"), str(cell_dir(run_dir, v, s)), f"{v}/seed{s}", events)
-                 for v, s, c in todo]
+        tasks = [(c.model_dump(mode="json"), str(cell_dir(run_dir, v, s)), f"{v}/seed{s}", events,
+                  keep[v]) for v, s, c in todo]
         with self.rep.listen(events):
             for i, record in self.executor.map(_train_task, tasks):
                 v, s, _ = todo[i]
+                flag = "" if record["converged"] else ", NOT converged"
                 self.rep.advance("train", f"{v}/seed{s}: test accuracy "
-                                          f"{record['test']['accuracy']:.4f} "
-                                          f"({record['train_seconds']:.0f}s)")
-        rows = []
-        for v, s, _ in cells:
-            rec = json.loads((cell_dir(run_dir, v, s) / "record.json").read_text())
-            t = rec["test"]
-            rows.append({"variant": v, "seed": s, **{k: t[k] for k in
-                         ("accuracy", "precision", "recall", "f1")},
-                         "train_seconds": rec["train_seconds"]})
-        perf = pd.DataFrame(rows)
+                                          f"{record['test']['accuracy']:.4f}, best epoch "
+                                          f"{record['best_epoch']}/{record['epochs_trained']}"
+                                          f"{flag} ({record['train_seconds']:.0f}s)")
+        records = {(v, s): json.loads((cell_dir(run_dir, v, s) / "record.json").read_text())
+                   for v, s, _ in cells}
+        perf = performance_table(records, exp.analysis.failed_margin)
         write_table(perf, run_dir / "tables" / "performance.parquet")
+        write_table(matching_table(records, exp.baseline),
+                    run_dir / "tables" / "matching.parquet")
+        for row in perf.itertuples():
+            if not row.converged:
+                self.rep.message(f"warning: {row.variant}/seed{row.seed} did not converge: "
+                                 f"{row.stop_reason}; every comparison with it is marked")
+            if row.failed:
+                self.rep.message(
+                    f"warning: {row.variant}/seed{row.seed} looks like a failed run (best "
+                    f"validation accuracy {row.best_val_accuracy:.3f}, more than "
+                    f"{exp.analysis.failed_margin:.2f} below its variant's other seeds); "
+                    f"exclude it with --set 'analysis.exclude=[{row.variant}/seed{row.seed}]' "
+                    "or add a seed")
         self.rep.done("train")
         self.timings["train"] = time.perf_counter() - t0
         return perf
@@ -456,11 +487,21 @@ class _Run:
         events = self.executor.events()
         tasks = [(c.model_dump(mode="json"), str(self.run_dir), v, s, m, ec.images_for(m),
                   "explain" in self.force, ec.params.get(m), ec.estimator_images, ec.batch_size,
-                  events)
-                 for v, s, c in self.exp.cells() for m in ec.methods]
+                  events, e)
+                 for v, s, c, e in self._explained() for m in ec.methods]
         self.rep.stage("explain", len(tasks), 0)
         with self.rep.listen(events):
-            self._map("explain", _explain_task, tasks, lambda t: f"{t[2]}/seed{t[3]} {t[4]}")
+            self._map("explain", _explain_task, tasks,
+                      lambda t: f"{_cell_name(t[2], t[3], t[11])} {t[4]}")
+
+    def _explained(self) -> list[tuple[str, int, CellConfig, int | None]]:
+        """Every cell (final weights), plus the baseline checkpoints the accuracy-matched
+        comparisons read: (variant, seed, cell config, epoch or None)."""
+        out = [(v, s, c, None) for v, s, c in self.exp.cells()]
+        base = {s: c for v, s, c in self.exp.cells() if v == self.exp.baseline}
+        out += [(self.exp.baseline, s, base[s], e)
+                for s, e in matched_checkpoints(self.exp, self.run_dir) if s in base]
+        return out
 
     def compare(self) -> None:
         from .analysis.run_a import analyse_study_a
@@ -478,13 +519,15 @@ class _Run:
 
         exp = self.exp
         tasks = [(c.model_dump(mode="json"), str(self.run_dir), v, s, m,
-                  exp.evaluate.model_dump(mode="json"), "evaluate" in self.force)
-                 for v, s, c in exp.cells() for m in exp.explain.methods]
+                  exp.evaluate.model_dump(mode="json"), "evaluate" in self.force, e)
+                 for v, s, c, e in self._explained() for m in exp.explain.methods]
         self.rep.stage("evaluate", len(tasks) + 1, 0)
-        self._map("evaluate", _evaluate_task, tasks, lambda t: f"{t[2]}/seed{t[3]} {t[4]}")
-        paths = [evaluation_path(self.run_dir, m, v, s) for v, s, _ in exp.cells()
+        self._map("evaluate", _evaluate_task, tasks,
+                  lambda t: f"{_cell_name(t[2], t[3], t[7])} {t[4]}")
+        paths = [evaluation_path(self.run_dir, m, v, s, e) for v, s, _, e in self._explained()
                  for m in exp.explain.methods]
         key = _files_key(paths, {"evaluate": exp.evaluate.model_dump(mode="json"),
+                                 "analysis": exp.analysis.model_dump(mode="json"),
                                  "variants": exp.variants, "methods": exp.explain.methods})
         self._aggregate("evaluate", "evaluate", key, "tables",
                         lambda: analyse_evaluation(exp, self.run_dir))

@@ -71,33 +71,39 @@ def similarity_table(
     metrics: tuple[str, ...] = STUDY_A_METRICS,
     ys: tuple[float, ...] = (5, 10, 20),
     targets: tuple[str, ...] = ("predicted", "ground_truth"),
+    matching: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Tidy rows ``image_id, variant, seed, reference, target, metric, value`` (one per image,
-    comparison and metric); ``reference`` is ``baseline`` or ``baseline_seed_<k>`` (noise floor)."""
+    comparison and metric); ``reference`` is ``baseline`` (the final baseline of the same seed),
+    ``matched_baseline`` (the baseline checkpoint of the same seed named by ``matching``, see
+    `auglens.train.matching.matching_table`) or ``baseline_seed_<k>`` (noise floor). Cells left
+    out of the run (``analysis.exclude``) and seeds without a baseline are skipped."""
 
-    def load(variant: str, seed: int) -> dict:
-        return read_explanation(explanation_path(run_dir, method, variant, seed))[0]
+    def load(variant: str, seed: int, epoch: int | None = None) -> dict:
+        return read_explanation(explanation_path(run_dir, method, variant, seed, epoch))[0]
 
+    present = {(v, s) for v, s, _ in exp.cells()}
     frames = []
-    base = {s: load(exp.baseline, s) for s in exp.seeds}
-    for seed in exp.seeds:
+    base = {s: load(exp.baseline, s) for s in exp.seeds if (exp.baseline, s) in present}
+    matched = {} if matching is None else {
+        (r.variant, int(r.seed)): None if r.same_as_final else int(r.baseline_epoch)
+        for r in matching.itertuples()}
+    for seed in base:
         for variant in exp.variants:
-            if variant == exp.baseline:
+            if variant == exp.baseline or (variant, seed) not in present:
                 continue
             other = load(variant, seed)
-            for target in targets:
-                res = _compare(other, base[seed], TARGETS[target], metrics, ys)
-                frames.append(
-                    _rows(
-                        res,
-                        other["image_ids"].numpy(),
-                        variant=variant,
-                        seed=seed,
-                        reference="baseline",
-                        target=target,
-                    )
-                )
-    for i, j in noise_floor_pairs(exp.seeds):
+            refs = [("baseline", base[seed])]
+            if (variant, seed) in matched:
+                epoch = matched[(variant, seed)]
+                refs.append(("matched_baseline",
+                             base[seed] if epoch is None else load(exp.baseline, seed, epoch)))
+            for reference, ref in refs:
+                for target in targets:
+                    res = _compare(other, ref, TARGETS[target], metrics, ys)
+                    frames.append(_rows(res, other["image_ids"].numpy(), variant=variant,
+                                        seed=seed, reference=reference, target=target))
+    for i, j in noise_floor_pairs(list(base)):
         for target in targets:
             res = _compare(base[i], base[j], TARGETS[target], metrics, ys)
             frames.append(

@@ -159,3 +159,40 @@ def cam_gallery(
         ax.set_yticks([])
     fig.tight_layout()
     return _save(fig, path)
+
+
+def metric_vs_accuracy(points: pd.DataFrame, corr: pd.DataFrame, path: Path) -> Path:
+    """One panel per metric: each cell's mean value against its validation accuracy (filled
+    markers, one colour per variant) and the baseline checkpoints (hollow), with Spearman's ρ
+    over the cells (and over cells + checkpoints) in the title."""
+    metrics = list(dict.fromkeys(points.metric))
+    cols = min(4, max(1, len(metrics)))
+    rows = int(np.ceil(len(metrics) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    variants = list(dict.fromkeys(points.variant))
+    colours = {v: plt.get_cmap("tab20")(i % 20) for i, v in enumerate(variants)}
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        m = points[points.metric == metric]
+        for v in variants:
+            cells = m[(m.variant == v) & m.epoch.isna()]
+            ckpt = m[(m.variant == v) & m.epoch.notna()]
+            ax.scatter(cells.val_accuracy, cells.value, color=colours[v], s=22, label=v)
+            if len(ckpt):
+                ax.scatter(ckpt.val_accuracy, ckpt.value, facecolors="none",
+                           edgecolors=colours[v], s=22, label=f"{v} checkpoints")
+        c = corr[corr.metric == metric].set_index("points")
+        title = metric
+        if "cells" in c.index and np.isfinite(c.loc["cells", "spearman_rho"]):
+            title += f"  ρ={c.loc['cells', 'spearman_rho']:.2f}"
+            if "all" in c.index and c.loc["all", "n"] > c.loc["cells", "n"]:
+                title += f" (+ckpt {c.loc['all', 'spearman_rho']:.2f})"
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("validation accuracy", fontsize=8)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7,
+               bbox_to_anchor=(0.5, -0.02 - 0.03 * (len(labels) // 6)))
+    fig.suptitle("Metric against accuracy per model: is a divergence just lower accuracy?")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -19,6 +19,7 @@ from ..train.trainer import load_dataset
 from ..utils import atomic_path, write_json
 from . import plots
 from .compare import similarity_table, target_ablation_table
+from .inference import Settings
 from .study_a import cluster, correlations, pair_frequency, seed_average, summarize
 
 #: Conventions every Study A table depends on (written next to the tables).
@@ -30,10 +31,26 @@ CONVENTIONS = {
     "overlap_top_set": "ceil(Y% * n) highest pixels; ties broken by stable sort on pixel index",
     "class_kld": CLASS_KLD_DIRECTION,
     "a_vs_b": "a = augmented (or other-seed) model, b = reference (baseline of the same seed)",
-    "seed_aggregation": "per image, mean over seeds (noise floor: over seed pairs)",
-    "ci": "percentile bootstrap 95 % of the mean over images, 2000 resamples, seed 0",
+    "seed_aggregation": "similarity_seed_mean (correlations, clusters, plots): per image, mean "
+                        "over seeds (noise floor: over seed pairs); summary_a: over models and "
+                        "images, see 'ci'",
+    "ci": "summary_a: two-way (seed x image) bootstrap, seeds and images drawn independently "
+          "with replacement, the same draws for a variant and the noise floor; interval = "
+          "estimate +- t(Satterthwaite df) x se, se^2 = seed part x R/(R-1) + image part x "
+          "I/(I-1); pct_low/pct_high = plain percentile interval (too narrow with few seeds); "
+          "docs/statistics.md",
+    "verdict": "diff = floor - value (similarities) or value - floor (distances), > 0 = less "
+               "similar to the baseline than another baseline seed: beyond (CI > 0), closer "
+               "(CI < 0), within (CI inside +-margin), undecided; margin = analysis.margin x "
+               "|noise floor|; provisional with fewer than 3 seeds",
+    "matched": "reference 'matched': the variant vs the baseline checkpoint of the same seed whose "
+               "validation accuracy is closest to the variant's best (tables/matching.parquet)",
     "nan": "constant maps give NaN for pearson/spearman; kept and counted (summary n_nan)",
 }
+
+
+#: Study A metrics plotted against accuracy
+ACCURACY_METRICS = ("spearman", "overlap@10", "mad", "class_kld")
 
 
 def write_table(df: pd.DataFrame, path: Path) -> Path:
@@ -48,7 +65,7 @@ def analyse_study_a(
     method: str = "gradcam",
     k: int = 4,
     gallery_images: int = 6,
-    n_boot: int = 2000,
+    n_boot: int | None = None,
 ) -> dict[str, Path]:
     """Compare every augmentation with the baseline, aggregate, correlate, cluster, plot."""
     run_dir = Path(run_dir)
@@ -56,12 +73,17 @@ def analyse_study_a(
     tables, figs = run_dir / "tables" / sub, run_dir / "plots" / sub
     out: dict[str, Path] = {}
     write_json(tables / "conventions_a.json", CONVENTIONS | {"method": method})
-    sim = similarity_table(exp, run_dir, method)
+    matching = _read_optional(run_dir / "tables" / "matching.parquet") \
+        if exp.analysis.matched else None
+    sim = similarity_table(exp, run_dir, method, matching=matching)
     out["similarity"] = write_table(sim, tables / "similarity.parquet")
-    per_image = seed_average(sim)
+    final = sim[sim.reference.astype(str) != "matched_baseline"]
+    per_image = seed_average(final)
     out["similarity_seed_mean"] = write_table(per_image, tables / "similarity_seed_mean.parquet")
-    summary = summarize(per_image, n_boot=n_boot)
+    a = exp.analysis
+    summary = summarize(sim, Settings(n_boot or a.n_boot, a.level, a.margin, a.seed, a.power))
     summary.insert(0, "method", method)
+    summary = mark_cells(summary, exp, run_dir)
     out["summary_a"] = write_table(summary, tables / "summary_a.parquet")
     corr = correlations(per_image)
     out["correlation"] = write_table(corr, tables / "correlation.parquet")
@@ -72,16 +94,54 @@ def analyse_study_a(
     n_aug = corr.variant_a.nunique()
     clusters, z = cluster(corr, n_clusters=min(3, n_aug) if n_aug > 2 else None)
     out["clusters"] = write_table(clusters, tables / "clusters.parquet")
+    from ..train.matching import matched_checkpoints
+    from .accuracy import correlations as acc_correlations
+    from .accuracy import points_a
+
+    points = points_a(exp, run_dir, method, sim, matched_checkpoints(exp, run_dir),
+                      ACCURACY_METRICS)
+    acc_corr = acc_correlations(points)
+    out["accuracy_points_a"] = write_table(points, tables / "accuracy_points_a.parquet")
+    out["accuracy_correlation_a"] = write_table(acc_corr, tables / "accuracy_correlation_a.parquet")
+    out["plot_accuracy"] = plots.metric_vs_accuracy(points, acc_corr, figs / "accuracy_a.png")
     out["target_ablation"] = write_table(
         target_ablation_table(exp, run_dir, method), tables / "target_ablation.parquet"
     )
 
     out["plot_boxplots"] = plots.metric_boxplots(per_image, figs / "metric_boxplots.png")
-    out["plot_overlap"] = plots.overlap_vs_y(summary, figs / "overlap_vs_y.png")
+    out["plot_overlap"] = plots.overlap_vs_y(summary[summary.reference == "final"],
+                                             figs / "overlap_vs_y.png")
     out["plot_corr"] = plots.correlation_heatmap(corr, z, figs / "correlation_heatmap.png")
     out["plot_corr_metrics"] = plots.per_metric_heatmaps(corr, figs / "correlation_per_metric.png")
     out["plot_gallery"] = _gallery(exp, run_dir, method, gallery_images, figs / "cam_gallery.png")
     return out
+
+
+def _read_optional(path: Path) -> pd.DataFrame | None:
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+def mark_cells(summary: pd.DataFrame, exp: ExperimentConfig, run_dir: Path) -> pd.DataFrame:
+    """Add ``unconverged`` / ``failed``: the cells (``variant/seed<k>``, comma-separated) of each
+    row's comparison — the variant's cells and the baseline's; the noise floor: the baseline's —
+    that did not converge or look like failed runs (``tables/performance.parquet``)."""
+    perf = _read_optional(Path(run_dir) / "tables" / "performance.parquet")
+    out = summary.copy()
+    if perf is None or perf.empty or not {"converged", "failed"} <= set(perf.columns):
+        out["unconverged"], out["failed"] = "", ""
+        return out
+    names = out.variant.astype(str)
+    out["unconverged"] = [_flag(perf, exp, v, failed=False) for v in names]
+    out["failed"] = [_flag(perf, exp, v, failed=True) for v in names]
+    return out
+
+
+def _flag(perf: pd.DataFrame, exp: ExperimentConfig, variant: str, failed: bool) -> str:
+    """Comma-separated cells of ``variant``'s comparison that failed (or did not converge)."""
+    names = [exp.baseline] + ([] if variant in ("noise_floor", exp.baseline) else [variant])
+    sub = perf[perf.variant.isin(names)]
+    sel = sub[sub.failed.astype(bool)] if failed else sub[~sub.converged.astype(bool)]
+    return ",".join(f"{v}/seed{s}" for v, s in zip(sel.variant, sel.seed, strict=True))
 
 
 def gallery_ids(n_total: int, n: int) -> np.ndarray:

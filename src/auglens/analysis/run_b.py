@@ -9,6 +9,7 @@ dissection_detectors}.png``. Columns: docs/outputs.md.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -20,11 +21,15 @@ from ..config import ExperimentConfig
 from ..errors import AuglensError
 from ..metrics.alignment import filter_images
 from ..metrics.store import curves_path, dissection_path, evaluation_path, read_metadata
+from ..stats import draw, grand_mean, resampled_means
 from ..utils import write_json
-from . import plots_b
-from .run_a import write_table
-from .stats import bootstrap_ci
+from . import plots, plots_b
+from .inference import Settings, decide, difference, interval, memo, row_means, seed_spread
+from .run_a import mark_cells, write_table
+from .study_a import _matrix, _row
 
+#: Study B metrics plotted against accuracy
+ACCURACY_METRICS_B = ("energy_pointing_game", "effective_heat_ratio", "delta_del", "delta_ins")
 #: augmentations whose variants form Study B's label-mixing pairs
 MIXING = ("cutout", "mixup", "cutmix", "saliencymix")
 ALIGNMENT_METRICS = ("energy_pointing_game", "effective_heat_ratio")
@@ -38,8 +43,11 @@ CONVENTIONS = {
                     "softmax probability of the explained (predicted) class; AUC trapezoid",
     "scores": "delta_del = AUC_del(random) - AUC_del(morf); delta_ins = AUC_ins(morf) - "
               "AUC_ins(random); lerf_morf_* likewise; higher = ordering matters more",
-    "seed_aggregation": "per image, mean over seeds; then mean and percentile bootstrap 95 % CI "
-                        "over images (2000 resamples, seed 0)",
+    "ci": "two-way (seed x image) bootstrap over models and images, t interval with "
+          "Satterthwaite df (as summary_a, docs/statistics.md); diff = variant - baseline "
+          "(final, or the accuracy-matched checkpoint of the same seed) from the same resamples",
+    "verdict": "higher / lower (CI of diff above / below 0), same (CI inside +-margin x "
+               "|baseline|), undecided; provisional with fewer than 3 seeds",
     "nan": "NaN values (e.g. an all-zero map) are kept and counted in n_nan",
 }
 
@@ -106,23 +114,111 @@ def select_alignment_images(ev: pd.DataFrame, exp: ExperimentConfig) -> tuple[pd
             pd.DataFrame(counts))
 
 
-def summarize_b(per_image: pd.DataFrame, exp: ExperimentConfig, n_boot: int = 2000) -> pd.DataFrame:
-    """Seed-average per image, then per (method, variant, metric): mean, bootstrap 95 % CI,
-    n_images, n_nan, and the variant's ``family`` / ``label_mixing``."""
-    avg = per_image.groupby(["method", "variant", "metric", "image_id"], sort=False)["value"].mean()
+def summarize_b(per_image: pd.DataFrame, exp: ExperimentConfig,
+                settings: Settings | None = None,
+                matched: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Seed-level summary of Study B (SPEC §9), one row per (method, variant, reference, metric).
+
+    ``per_image``: ``image_id, variant, seed, method, metric, value`` of the final models;
+    ``matched``: the same columns for the accuracy-matched baseline checkpoints, where
+    ``variant`` names the variant each was matched to. Returns ``method, variant, reference
+    (final|matched), metric, mean, ci_low, ci_high, se, df, pct_low, pct_high, n_seeds, n_images,
+    n_nan, diff, diff_low, diff_high, margin, verdict, provisional, seeds_needed, family,
+    label_mixing``. ``diff`` = variant − baseline (final, or the matched checkpoint of the same
+    seed), from the same two-way resamples; ``verdict`` ``higher`` / ``lower`` (CI above / below
+    0), ``same`` (CI inside ±margin·|baseline|), ``undecided``; the baseline's own row has no
+    difference."""
+    settings = settings or Settings()
+    seeds = sorted(int(s) for s in per_image.seed.unique())
+    rows_idx = [(i,) for i in range(len(seeds))]
+    names = {"beyond": "higher", "closer": "lower", "within": "same", "undecided": "undecided"}
     rows = []
-    for (method, variant, metric), g in avg.groupby(level=[0, 1, 2], sort=False):
-        v = g.to_numpy(np.float64)
-        lo, hi = bootstrap_ci(v, n_boot=n_boot)
-        family, mixing = variant_family(exp.variants[variant])
-        rows.append({"method": method, "variant": variant, "metric": metric,
-                     "mean": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan"),
-                     "ci_low": lo, "ci_high": hi, "n_images": int(v.size),
-                     "n_nan": int(np.isnan(v).sum()),
-                     "family": family or variant, "label_mixing": mixing})
+    for (method, metric), g in per_image.groupby(["method", "metric"], sort=False):
+        images = np.sort(g.image_id.unique())
+        res = draw(len(seeds), len(images), settings.n_boot, settings.seed)
+        base_v = _matrix(g[g.variant == exp.baseline], ["seed"], seeds, images)
+        base_stat = memo(functools.partial(resampled_means, base_v, rows_idx))
+        base = interval(base_stat, grand_mean(base_v), res, settings.level)
+        mg = None if matched is None else matched[(matched.method == method)
+                                                  & (matched.metric == metric)]
+        for variant, h in g.groupby("variant", sort=False):
+            v = _matrix(h, ["seed"], seeds, images)
+            stat = memo(functools.partial(resampled_means, v, rows_idx))
+            est = base if variant == exp.baseline else interval(stat, grand_mean(v), res,
+                                                                settings.level)
+            family, mixing = variant_family(exp.variants[variant])
+            extra = {"family": family or variant, "label_mixing": mixing}
+            refs = [("final", base_v, base_stat, base)]
+            if mg is not None and variant != exp.baseline:
+                mv = _matrix(mg[mg.variant == variant], ["seed"], seeds, images)
+                m_stat = memo(functools.partial(resampled_means, mv, rows_idx))
+                refs.append(("matched", mv, m_stat,
+                             interval(m_stat, grand_mean(mv), res, settings.level)))
+            for reference, ref_v, ref_stat, ref in refs:
+                row = _row(variant, reference, "", metric, est, v, _n_seeds(v))
+                row.pop("target")
+                row = {"method": method} | row | extra
+                if variant != exp.baseline:
+                    d = interval(difference(stat, ref_stat), est["estimate"] - ref["estimate"],
+                                 res, settings.level)
+                    spread = seed_spread(row_means(v) - row_means(ref_v))
+                    dec = decide(d, ref["estimate"], settings, spread, row["n_seeds"])
+                    dec["verdict"] = names[dec["verdict"]]
+                    row |= {"diff": d["estimate"], "diff_low": d["low"],
+                            "diff_high": d["high"]} | dec
+                rows.append(row)
     out = pd.DataFrame(rows)
-    out["label_mixing"] = out["label_mixing"].astype("boolean")
+    if not out.empty:
+        out["label_mixing"] = out["label_mixing"].astype("boolean")
     return out
+
+
+def pair_differences(per_image: pd.DataFrame, pairs: list[tuple[str, str, str]],
+                     settings: Settings | None = None) -> pd.DataFrame:
+    """Seed-level difference ``a − b`` between two variants of the same seeds, per method and
+    metric, for each ``(label, a, b)`` in ``pairs`` (e.g. CutMix with vs without label mixing):
+    ``label, a, b, method, metric, mean_a, mean_b, diff, diff_low, diff_high, verdict`` (CI over
+    training runs and images, two-way resamples shared by a and b; verdict as `summarize_b` with
+    the margin relative to b)."""
+    settings = settings or Settings()
+    seeds = sorted(int(s) for s in per_image.seed.unique())
+    rows_idx = [(i,) for i in range(len(seeds))]
+    names = {"beyond": "higher", "closer": "lower", "within": "same", "undecided": "undecided"}
+    out = []
+    for (method, metric), g in per_image.groupby(["method", "metric"], sort=False):
+        images = np.sort(g.image_id.unique())
+        res = draw(len(seeds), len(images), settings.n_boot, settings.seed)
+        for label, a, b in pairs:
+            va = _matrix(g[g.variant == a], ["seed"], seeds, images)
+            vb = _matrix(g[g.variant == b], ["seed"], seeds, images)
+            if not (np.isfinite(va).any() and np.isfinite(vb).any()):
+                continue
+            sa = memo(functools.partial(resampled_means, va, rows_idx))
+            sb = memo(functools.partial(resampled_means, vb, rows_idx))
+            ma, mb = grand_mean(va), grand_mean(vb)
+            d = interval(difference(sa, sb), ma - mb, res, settings.level)
+            n_seeds = min(_n_seeds(va), _n_seeds(vb))
+            dec = decide(d, mb, settings, seed_spread(row_means(va) - row_means(vb)), n_seeds)
+            out.append({"label": label, "a": a, "b": b, "method": method, "metric": metric,
+                        "mean_a": ma, "mean_b": mb, "diff": d["estimate"], "diff_low": d["low"],
+                        "diff_high": d["high"], "n_seeds": n_seeds,
+                        "verdict": names[str(dec["verdict"])],
+                        "provisional": dec["provisional"]})
+    return pd.DataFrame(out)
+
+
+def label_mixing_pairs(exp: ExperimentConfig) -> list[tuple[str, str, str]]:
+    """(family, variant with label mixing, variant without) for every family that has both."""
+    fams: dict[str, dict[bool, list[str]]] = {}
+    for v, spec in exp.variants.items():
+        family, mixing = variant_family(spec)
+        if family is not None:
+            fams.setdefault(family, {True: [], False: []})[bool(mixing)].append(v)
+    return [(f, a, b) for f, d in fams.items() for a in d[True] for b in d[False]]
+
+
+def _n_seeds(v: np.ndarray) -> int:
+    return int(np.isfinite(v).any(1).sum())
 
 
 def analyse_evaluation(exp: ExperimentConfig, run_dir: str | Path,
@@ -131,16 +227,23 @@ def analyse_evaluation(exp: ExperimentConfig, run_dir: str | Path,
     run_dir = Path(run_dir)
     methods = methods or tuple(exp.explain.methods)
     tables, figs = run_dir / "tables", run_dir / "plots"
-    per_image, counts, curves, notes = [], [], [], {}
+    per_image, counts, curves, notes, matched = [], [], [], {}, []
+    matching = tables / "matching.parquet"
+    matching = pd.read_parquet(matching) if exp.analysis.matched and matching.is_file() else None
     for method in methods:
         ev = _evaluation_frames(exp, run_dir, method)
         first = evaluation_path(run_dir, method, *exp.cells()[0][:2])
         notes[method] = json.loads(read_metadata(first).get("notes", "{}"))
+        kept_ids = None
         if ev.metric.isin(FILTER_INPUTS).any():
             kept, cnt = select_alignment_images(ev, exp)
             per_image.append(kept)
             counts.append(cnt)
+            kept_ids = {s: set(g.image_id) for s, g in kept[kept.variant == exp.baseline]
+                        .groupby("seed")}
         per_image.append(ev[~ev.metric.isin(FILTER_INPUTS + ALIGNMENT_METRICS)])
+        if matching is not None:
+            matched.append(_matched_frames(exp, run_dir, method, matching, kept_ids))
         for variant, seed, _ in exp.cells():
             cp = curves_path(run_dir, method, variant, seed)
             if cp.is_file():
@@ -159,8 +262,33 @@ def analyse_evaluation(exp: ExperimentConfig, run_dir: str | Path,
                 pd.DataFrame(columns=["variant", "seed", "method", "n_images", "n_kept",
                                       "n_used"]))
     out["alignment_counts"] = write_table(count_df, tables / "alignment_counts.parquet")
-    summary = summarize_b(interp, exp, exp.evaluate.bootstrap)
+    matched_df = pd.concat(matched, ignore_index=True) if matched else None
+    if matched_df is not None:
+        out["interpretability_matched"] = write_table(
+            matched_df, tables / "interpretability_matched.parquet")
+    a = exp.analysis
+    summary = summarize_b(interp, exp, Settings(a.n_boot, a.level, a.margin, a.seed, a.power),
+                          matched_df)
+    summary = mark_cells(summary, exp, run_dir)
     out["summary_b"] = write_table(summary, tables / "summary_b.parquet")
+    settings = Settings(a.n_boot, a.level, a.margin, a.seed, a.power)
+    pairs = label_mixing_pairs(exp)
+    if pairs:
+        out["label_mixing"] = write_table(pair_differences(interp, pairs, settings),
+                                          tables / "label_mixing.parquet")
+    from .accuracy import correlations as acc_correlations
+    from .accuracy import points_b
+
+    points = points_b(exp, run_dir, interp, matched_df)
+    acc_corr = acc_correlations(points)
+    out["accuracy_points_b"] = write_table(points, tables / "accuracy_points_b.parquet")
+    out["accuracy_correlation_b"] = write_table(acc_corr,
+                                                tables / "accuracy_correlation_b.parquet")
+    first_method = points[points.method == methods[0]]
+    out["plot_accuracy"] = plots.metric_vs_accuracy(
+        first_method[first_method.metric.isin(ACCURACY_METRICS_B)],
+        acc_corr[acc_corr.method == methods[0]], figs / "accuracy_b.png")
+    summary = summary[summary.reference == "final"]
     curve_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
     out["curves"] = write_table(curve_df, tables / "curves.parquet")
 
@@ -174,6 +302,28 @@ def analyse_evaluation(exp: ExperimentConfig, run_dir: str | Path,
     if summary.label_mixing.notna().any():
         out["plot_label_mixing"] = plots_b.label_mixing(summary, figs / "label_mixing.png")
     return out
+
+
+def _matched_frames(exp: ExperimentConfig, run_dir: Path, method: str, matching: pd.DataFrame,
+                    kept_ids: dict[int, set] | None) -> pd.DataFrame:
+    """Per-image rows of the accuracy-matched baseline checkpoints, ``variant`` = the variant each
+    is matched to (plus ``baseline_epoch``); alignment rows restricted to the images the
+    baseline of the same seed is scored on."""
+    frames = []
+    for r in matching.itertuples():
+        seed = int(r.seed)
+        epoch = None if r.same_as_final else int(r.baseline_epoch)
+        path = evaluation_path(run_dir, method, exp.baseline, seed, epoch)
+        df = _read_cell(path, str(r.variant), seed, "evaluation", f"auglens run {run_dir}")
+        df = df[~df.metric.isin(FILTER_INPUTS)]
+        if kept_ids is not None:
+            align = df.metric.isin(ALIGNMENT_METRICS)
+            df = df[~align | df.image_id.isin(kept_ids.get(seed, set()))]
+        df.insert(2, "method", method)
+        df["baseline_epoch"] = int(r.baseline_epoch)
+        frames.append(df)
+    cols = ["image_id", "variant", "seed", "method", "metric", "value", "baseline_epoch"]
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
 
 
 def analyse_dissection(exp: ExperimentConfig, run_dir: str | Path) -> dict[str, Path]:

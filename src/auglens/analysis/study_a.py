@@ -7,6 +7,7 @@ Input: ``similarity`` rows ``image_id, variant, seed, reference, target, metric,
 
 from __future__ import annotations
 
+import functools
 from itertools import combinations
 
 import numpy as np
@@ -14,7 +15,17 @@ import pandas as pd
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
-from .stats import bootstrap_ci
+from ..stats import Resamples, draw, grand_mean, resampled_means
+from .inference import (
+    Settings,
+    decide,
+    difference,
+    interval,
+    is_distance,
+    memo,
+    row_means,
+    seed_spread,
+)
 
 NOISE_FLOOR = "noise_floor"
 
@@ -35,28 +46,79 @@ def seed_average(similarity: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def summarize(per_image: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Per variant, target and metric: mean, median, bootstrap 95 % CI of the mean, n, NaN count."""
+def summarize(similarity: pd.DataFrame, settings: Settings | None = None) -> pd.DataFrame:
+    """Seed-level summary of Study A (SPEC §9), one row per variant, reference, target, metric.
+
+    ``similarity``: the per-seed table of `similarity_table` (``reference`` ``baseline`` = the
+    variant vs the final baseline of its seed, ``matched_baseline`` = vs the accuracy-matched
+    baseline checkpoint of its seed, ``baseline_seed_<k>`` = the noise floor). Returns
+    ``variant, reference (final|matched), target, metric, mean, ci_low, ci_high, se, df, pct_low,
+    pct_high, n_seeds, n_images, n_nan, diff, diff_low, diff_high, margin, verdict, provisional,
+    seeds_needed``; the noise floor is variant ``noise_floor``. ``diff`` is oriented so that > 0
+    means less similar to the baseline than another seed of the baseline is (floor − value for
+    similarities, value − floor for distances); intervals: `auglens.analysis.inference`.
+    """
+    settings = settings or Settings()
+    df = similarity.copy()
+    for col in ("variant", "reference", "target", "metric"):
+        df[col] = df[col].astype(str)
+    seeds = sorted(int(s) for s in df.seed.unique())
+    pos = {s: i for i, s in enumerate(seeds)}
     rows = []
-    for (variant, target, metric), grp in per_image.groupby(
-        ["variant", "target", "metric"], sort=False
-    ):
-        v = grp["value"].to_numpy(np.float64)
-        lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=seed)
-        rows.append(
-            {
-                "variant": variant,
-                "target": target,
-                "metric": metric,
-                "mean": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan"),
-                "median": float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan"),
-                "ci_low": lo,
-                "ci_high": hi,
-                "n_images": int(v.size),
-                "n_nan": int(np.isnan(v).sum()),
-            }
-        )
+    draws: dict[int, Resamples] = {}  # the same draws for every metric (and target)
+    for (target, metric), g in df.groupby(["target", "metric"], sort=False):
+        images = np.sort(g.image_id.unique())
+        if len(images) not in draws:
+            draws[len(images)] = draw(len(seeds), len(images), settings.n_boot, settings.seed)
+        res = draws[len(images)]
+        is_floor = g.reference.str.startswith("baseline_seed_")
+        fl = g[is_floor].assign(other=lambda d: d.reference.str.rsplit("_", n=1).str[1].astype(int))
+        pairs = sorted({(pos[int(a)], pos[int(b)]) for a, b in zip(fl.seed, fl.other, strict=True)})
+        floor_v = _matrix(fl, ["seed", "other"], [(seeds[a], seeds[b]) for a, b in pairs], images)
+        floor_stat = memo(functools.partial(resampled_means, floor_v, pairs))
+        floor = interval(floor_stat, grand_mean(floor_v), res, settings.level)
+        rows.append(_row("noise_floor", "final", target, metric, floor, floor_v, len(pairs)))
+        model_rows = [(i,) for i in range(len(seeds))]
+        sign = 1.0 if is_distance(metric) else -1.0
+        for (variant, ref), h in g[~is_floor].groupby(["variant", "reference"], sort=False):
+            v = _matrix(h, ["seed"], seeds, images)
+            stat = memo(functools.partial(resampled_means, v, model_rows))
+            est = interval(stat, grand_mean(v), res, settings.level)
+            d = interval(difference(stat, floor_stat, sign),
+                         sign * (est["estimate"] - floor["estimate"]), res, settings.level)
+            n_seeds = int(np.isfinite(v).any(1).sum())
+            spread = seed_spread(sign * (row_means(v) - floor["estimate"]))
+            rows.append(_row(variant, "matched" if ref == "matched_baseline" else "final", target,
+                             metric, est, v, n_seeds)
+                        | {"diff": d["estimate"], "diff_low": d["low"], "diff_high": d["high"]}
+                        | decide(d, floor["estimate"], settings, spread, n_seeds))
     return pd.DataFrame(rows)
+
+
+def _matrix(df: pd.DataFrame, keys: list[str], rows: list, images: np.ndarray) -> np.ndarray:
+    """(len(rows), len(images)) values of ``df`` indexed by ``keys`` (a row of ``rows`` is the
+    key value, or a tuple of them for several keys) and ``image_id`` (NaN where absent)."""
+    out = np.full((len(rows), len(images)), np.nan)
+    if df.empty or not rows:
+        return out
+    where = {r: i for i, r in enumerate(rows)}
+    cols = [df[k].to_numpy() for k in keys]
+    keyed = cols[0] if len(keys) == 1 else list(zip(*cols, strict=True))
+    r = np.array([where.get(k if len(keys) == 1 else tuple(k), -1) for k in keyed], dtype=np.int64)
+    ids = df.image_id.to_numpy()
+    c = np.clip(np.searchsorted(images, ids), 0, len(images) - 1)
+    ok = (r >= 0) & (images[c] == ids)
+    out[r[ok], c[ok]] = df.value.to_numpy(np.float64)[ok]
+    return out
+
+
+def _row(variant: str, reference: str, target: str, metric: str, est: dict[str, float],
+         values: np.ndarray, n_rows: int) -> dict[str, object]:
+    return {"variant": variant, "reference": reference, "target": target, "metric": metric,
+            "mean": est["estimate"], "ci_low": est["low"], "ci_high": est["high"],
+            "se": est["se"], "df": est["df"], "pct_low": est["pct_low"],
+            "pct_high": est["pct_high"], "n_seeds": n_rows, "n_images": int(values.shape[1]),
+            "n_nan": int(np.isnan(values[np.isfinite(values).any(1)]).sum())}
 
 
 def _wide(per_image: pd.DataFrame, metric: str, target: str) -> pd.DataFrame:

@@ -22,20 +22,37 @@ from ..data.images import take_images
 from ..errors import AuglensError
 from ..models import build_model, default_target_layer
 from ..train.grid import cell_dir, cell_done
-from ..train.trainer import RECORD, WEIGHTS, load_dataset
+from ..train.trainer import RECORD, WEIGHTS, checkpoint_path, load_dataset
 from ..utils import atomic_path, resolve_device
 from .base import explain_images
 from .iba import Estimator, fit_estimator, model_fingerprint
 
 
-def explanation_path(run_dir: str | Path, method: str, variant: str, seed: int) -> Path:
-    return Path(run_dir) / "explanations" / method / variant / f"seed{seed}.safetensors"
+def explanation_path(run_dir: str | Path, method: str, variant: str, seed: int,
+                     epoch: int | None = None) -> Path:
+    """Maps of a cell (``epoch`` None: its final weights; else the checkpoint after ``epoch``)."""
+    tail = f"seed{seed}" if epoch is None else f"seed{seed}-epoch{epoch:03d}"
+    return Path(run_dir) / "explanations" / method / variant / f"{tail}.safetensors"
 
 
-def load_cell_model(path: Path, cfg: CellConfig, num_classes: int) -> torch.nn.Module:
-    """The trained model of a cell directory (eval mode, CPU)."""
+def cell_weights(cdir: Path, epoch: int | None = None) -> tuple[Path, str]:
+    """(weights file, sha256) of a finished cell's final weights or of its ``epoch`` checkpoint."""
+    record = json.loads((cdir / RECORD).read_text())
+    if epoch is None:
+        return cdir / WEIGHTS, record["weights_sha256"]
+    sha = record.get("checkpoint_sha256", {}).get(str(epoch))
+    if sha is None:
+        raise AuglensError(f"cell {cdir} has no checkpoint of epoch {epoch} (the baseline keeps "
+                           "one per epoch; retrain it with `--force train`)")
+    return checkpoint_path(cdir, epoch), sha
+
+
+def load_cell_model(path: Path, cfg: CellConfig, num_classes: int,
+                    weights: Path | None = None) -> torch.nn.Module:
+    """The trained model of a cell directory (eval mode, CPU); ``weights`` overrides the file."""
     m = build_model(
-        cfg.model.name, num_classes, cfg.model.input_size, path / WEIGHTS, **cfg.model.params()
+        cfg.model.name, num_classes, cfg.model.input_size, weights or path / WEIGHTS,
+        **cfg.model.params()
     )
     return m.eval()
 
@@ -57,17 +74,20 @@ def _key(cfg: CellConfig, weights_sha: str, method: str, layer: str | None, n: i
     return config_hash(obj)
 
 
-def estimator_path(cell: Path, layer: str, n_images: int) -> Path:
+def estimator_path(cell: Path, layer: str, n_images: int, epoch: int | None = None) -> Path:
     """Where a cell caches its IBA estimator (tied to the weights by a fingerprint inside)."""
-    return cell / f"iba_estimator-{layer}-{n_images}.safetensors"
+    tail = "" if epoch is None else f"-epoch{epoch:03d}"
+    return cell / f"iba_estimator-{layer}-{n_images}{tail}.safetensors"
 
 
 def cell_estimator(model: torch.nn.Module, cell: Path, data: Any, layer: str | None,
-                   n_images: int = 1000, batch_size: int = 500) -> Estimator:
-    """The IBA estimator of a trained cell's model: fitted on the first ``n_images`` un-augmented
-    training images, cached in the cell directory and reused while the weights match."""
+                   n_images: int = 1000, batch_size: int = 500,
+                   epoch: int | None = None) -> Estimator:
+    """The IBA estimator of a trained cell's model (or of its ``epoch`` checkpoint): fitted on
+    the first ``n_images`` un-augmented training images, cached in the cell directory and reused
+    while the weights match."""
     layer = layer or default_target_layer(model)
-    path = estimator_path(cell, layer, n_images)
+    path = estimator_path(cell, layer, n_images, epoch)
     fp = model_fingerprint(model)
     if path.is_file():
         try:
@@ -112,8 +132,10 @@ def explain_cell(
     params: Mapping[str, Any] | None = None,
     estimator_images: int = 1000,
     on_batch: Callable[[int, int], None] | None = None,
+    epoch: int | None = None,
 ) -> tuple[Path, bool]:
-    """Explain the first ``n_images`` test images (all if None) with one trained cell.
+    """Explain the first ``n_images`` test images (all if None) with one trained cell (or with
+    its checkpoint after ``epoch``).
 
     Maps are for the predicted class, and for the ground-truth class from the same pass.
     ``params``: explainer keyword arguments. IBA gets its estimator from `cell_estimator`
@@ -126,21 +148,21 @@ def explain_cell(
     if not cell_done(cdir, cfg):
         raise AuglensError(f"cell {variant}/seed{seed} is not trained yet ({cdir}); "
                            "run `auglens run` or `auglens train` first")
-    weights_sha = json.loads((cdir / RECORD).read_text())["weights_sha256"]
+    weights, weights_sha = cell_weights(cdir, epoch)
     data = load_dataset(cfg)
     test = data.test
     n = len(test) if n_images is None else min(n_images, len(test))
     layer = cfg.model.target_layer
     key = _key(cfg, weights_sha, method, layer, n, params, estimator_images)
-    path = explanation_path(run_dir, method, variant, seed)
+    path = explanation_path(run_dir, method, variant, seed, epoch)
     if not force and _has_key(path, key):
         return path, True
     dev = resolve_device(device)
-    model = load_cell_model(cdir, cfg, data.num_classes).to(dev)
+    model = load_cell_model(cdir, cfg, data.num_classes, weights).to(dev)
     kwargs = dict(params or {})
     if method == "iba":
         kwargs["estimator"] = cell_estimator(model, cdir, data, layer, estimator_images,
-                                             batch_size)
+                                             batch_size, epoch)
     images = test.images if n == len(test) else take_images(test.images, torch.arange(n))
     ex = explain_images(model, images, data.normalize, method=method,
                         target_layer=layer, batch_size=batch_size, device=dev,
@@ -154,7 +176,8 @@ def explain_cell(
         "image_ids": torch.arange(n, dtype=torch.long),
     }
     meta = {"key": key, "method": method, "layer": ex.layer, "variant": variant,
-            "seed": str(seed), "weights_sha256": weights_sha, "split": "test",
+            "seed": str(seed), "epoch": "final" if epoch is None else str(epoch),
+            "weights_sha256": weights_sha, "split": "test",
             "storage": "float16 raw maps at feature resolution"}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -173,16 +196,19 @@ def _has_key(path: Path, key: str) -> bool:
 def explanation_cached(cfg: CellConfig, run_dir: str | Path, variant: str, seed: int,
                        method: str, n_images: int | None = None,
                        params: Mapping[str, Any] | None = None,
-                       estimator_images: int = 1000) -> bool:
+                       estimator_images: int = 1000, epoch: int | None = None) -> bool:
     """True if `explain_cell` with these arguments would reuse its file (no computation)."""
     cdir = cell_dir(run_dir, variant, seed)
     if not cell_done(cdir, cfg):
         return False
-    weights_sha = json.loads((cdir / RECORD).read_text())["weights_sha256"]
+    try:
+        weights_sha = cell_weights(cdir, epoch)[1]
+    except AuglensError:
+        return False
     n_test = len(load_dataset(cfg).test)
     n = n_test if n_images is None else min(n_images, n_test)
     key = _key(cfg, weights_sha, method, cfg.model.target_layer, n, params, estimator_images)
-    return _has_key(explanation_path(run_dir, method, variant, seed), key)
+    return _has_key(explanation_path(run_dir, method, variant, seed, epoch), key)
 
 
 def explain_grid(

@@ -51,9 +51,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
-from ..analysis.stats import bootstrap_ci
 from ..errors import AuglensError
 from ..explain.base import model_device, preserved_state
+from ..stats import bootstrap_ci
 
 __all__ = [
     "KINDS",
@@ -483,7 +483,7 @@ def summarize_scores(
     scores: Mapping[str, object], level: float = 0.95, n_boot: int = 2000, seed: int = 0
 ) -> dict[str, ScoreSummary]:
     """Mean and percentile-bootstrap CI of each per-image score
-    (:func:`auglens.analysis.stats.bootstrap_ci`, resampling images; NaNs excluded, counted)."""
+    (:func:`auglens.stats.bootstrap_ci`, resampling images; NaNs excluded, counted)."""
     out = {}
     for name, values in scores.items():
         v = values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)

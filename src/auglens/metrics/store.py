@@ -31,7 +31,7 @@ import torch
 from ..config import CellConfig, DissectConfig, EvaluateConfig, config_hash
 from ..errors import AuglensError
 from ..explain.base import upsample
-from ..explain.store import explanation_path, load_cell_model, read_explanation
+from ..explain.store import cell_weights, explanation_path, load_cell_model, read_explanation
 from ..train.grid import cell_dir
 from ..train.trainer import WEIGHTS, load_dataset
 from ..utils import atomic_path, resolve_device
@@ -47,12 +47,19 @@ _CELL_FIELDS = ("alignment", "faithfulness", "n_images", "n_steps", "n_random", 
                 "blur_sigma", "seed")
 
 
-def evaluation_path(run_dir: str | Path, method: str, variant: str, seed: int) -> Path:
-    return Path(run_dir) / "evaluation" / method / variant / f"seed{seed}.parquet"
+def _tail(seed: int, epoch: int | None) -> str:
+    return f"seed{seed}" if epoch is None else f"seed{seed}-epoch{epoch:03d}"
 
 
-def curves_path(run_dir: str | Path, method: str, variant: str, seed: int) -> Path:
-    return Path(run_dir) / "evaluation" / method / variant / f"seed{seed}-curves.parquet"
+def evaluation_path(run_dir: str | Path, method: str, variant: str, seed: int,
+                    epoch: int | None = None) -> Path:
+    return Path(run_dir) / "evaluation" / method / variant / f"{_tail(seed, epoch)}.parquet"
+
+
+def curves_path(run_dir: str | Path, method: str, variant: str, seed: int,
+                epoch: int | None = None) -> Path:
+    return (Path(run_dir) / "evaluation" / method / variant
+            / f"{_tail(seed, epoch)}-curves.parquet")
 
 
 def dissection_path(run_dir: str | Path, variant: str, seed: int) -> Path:
@@ -96,8 +103,9 @@ def read_metadata(path: Path) -> dict[str, str]:
     return {k.decode()[8:]: v.decode() for k, v in meta.items() if k.startswith(b"auglens_")}
 
 
-def _explanation(run_dir: Path, method: str, variant: str, seed: int, tensors: bool = True):
-    path = explanation_path(run_dir, method, variant, seed)
+def _explanation(run_dir: Path, method: str, variant: str, seed: int, tensors: bool = True,
+                 epoch: int | None = None):
+    path = explanation_path(run_dir, method, variant, seed, epoch)
     if not path.is_file():
         raise AuglensError(f"no {method} explanation for {variant}/seed{seed} ({path}); run "
                            f"`auglens explain {run_dir} --method {method}` first")
@@ -130,23 +138,25 @@ def evaluate_cell(
     ecfg: EvaluateConfig,
     device: str = "auto",
     force: bool = False,
+    epoch: int | None = None,
 ) -> tuple[Path, bool]:
-    """Alignment and faithfulness of one cell's stored ``method`` maps → (file, cached)."""
+    """Alignment and faithfulness of one cell's stored ``method`` maps (of its checkpoint after
+    ``epoch`` if given) → (file, cached)."""
     run_dir = Path(run_dir)
-    _, meta = _explanation(run_dir, method, variant, seed, tensors=False)  # header only
+    _, meta = _explanation(run_dir, method, variant, seed, False, epoch)  # header only
     key = evaluate_key(meta.get("key", ""), ecfg)
-    path = evaluation_path(run_dir, method, variant, seed)
-    cpath = curves_path(run_dir, method, variant, seed)
+    path = evaluation_path(run_dir, method, variant, seed, epoch)
+    cpath = curves_path(run_dir, method, variant, seed, epoch)
     if not force and read_key(path) == key and (not ecfg.faithfulness or read_key(cpath) == key):
         return path, True
-    tensors, _ = _explanation(run_dir, method, variant, seed)
+    tensors, _ = _explanation(run_dir, method, variant, seed, True, epoch)
     data = load_dataset(cfg)
     ids = tensors["image_ids"].long()
     size = tuple(data.test.images.shape[-2:])
     raw = tensors["maps"].float()
     if not torch.isfinite(raw).all():
-        raise AuglensError(f"{explanation_path(run_dir, method, variant, seed)}: maps contain "
-                           "NaN or inf; re-run `auglens explain --force`")
+        where = explanation_path(run_dir, method, variant, seed, epoch)
+        raise AuglensError(f"{where}: maps contain NaN or inf; re-run `auglens explain --force`")
     targets = tensors["targets"].long()
     probs = torch.softmax(tensors["logits"].double(), 1)
     rows: list[pd.DataFrame] = []
@@ -178,7 +188,8 @@ def evaluate_cell(
         n = len(ids) if ecfg.n_images is None else min(ecfg.n_images, len(ids))
         sel = ids[:n]
         dev = resolve_device(device)
-        model = load_cell_model(cell_dir(run_dir, variant, seed), cfg, data.num_classes).to(dev)
+        cdir = cell_dir(run_dir, variant, seed)
+        model = load_cell_model(cdir, cfg, data.num_classes, cell_weights(cdir, epoch)[0]).to(dev)
         images = data.normalize(data.test.images[sel].to(dev).float().div_(255))
         curves = deletion_insertion_curves(
             model, images, upsample(raw[:n], size).to(dev), targets[:n].to(dev),

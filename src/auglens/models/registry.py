@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..errors import AuglensError
 from ..registry import Registry
-from .small import SmallResNet
+from .small import FastResNet, SmallResNet
 
 #: name -> factory(num_classes, **params) -> nn.Module with attribute ``default_target_layer``
 MODELS: Registry = Registry("model")
@@ -27,6 +27,15 @@ def small_resnet(num_classes: int, width: int = 16, blocks: int = 1) -> nn.Modul
     """Small CIFAR-style ResNet (CPU default); Grad-CAM target ``layer3`` (input/4 resolution)."""
     model = SmallResNet(num_classes, width=width, blocks=blocks)
     model.default_target_layer = "layer3"
+    return model
+
+
+@MODELS.register("fast_resnet")
+def fast_resnet(num_classes: int, width: int = 16, blocks: int = 1) -> nn.Module:
+    """Small residual CNN with a 2×2/2 patchify stem, ~3× faster than small_resnet on CPU
+    (default of the built-in presets); Grad-CAM target ``layer2`` (input/4 resolution)."""
+    model = FastResNet(num_classes, width=width, blocks=blocks)
+    model.default_target_layer = "layer2"
     return model
 
 

@@ -54,3 +54,29 @@ class SmallResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.layer3(self.layer2(self.layer1(self.stem(x))))
         return self.fc(self.pool(x).flatten(1))
+
+
+class FastResNet(nn.Module):
+    """Residual CNN for small inputs that is cheap on CPU: a 2×2 stride-2 patchify stem (as
+    ConvNeXt/airbench, no information lost: 12 input values per 2×2 patch), ``layer1`` (w ch) at
+    input/2 and ``layer2`` (2w ch) at input/4 — the Grad-CAM layer, 8×8 at 32×32 input.
+
+    At width 16 it costs 2.3 M multiply-adds per 32×32 image, against 3.2 M for ``SmallResNet``
+    at width 8 and 12.5 M at width 16, and trains about 3× faster per image on a CPU, because
+    nothing runs at full resolution.
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 16, blocks: int = 1) -> None:
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, w, 2, 2, 0, bias=False), nn.BatchNorm2d(w), nn.ReLU()
+        )
+        self.layer1 = SmallResNet._stage(w, w, blocks, 1)
+        self.layer2 = SmallResNet._stage(w, 2 * w, blocks, 2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2 * w, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.layer2(self.layer1(self.stem(x)))
+        return self.fc(self.pool(x).flatten(1))

@@ -24,6 +24,12 @@ PRODUCERS = {
     "stages/": "`auglens run`",
     "explanations/": "`auglens explain RUN_DIR` or `auglens run`",
     "tables/performance.parquet": "the train stage of `auglens run`",
+    "tables/matching.parquet": "the train stage of `auglens run`",
+    "tables/interpretability_matched.parquet": EVALUATE,
+    "tables/label_mixing.parquet": EVALUATE,
+    "tables/accuracy_points_b.parquet": EVALUATE,
+    "tables/accuracy_correlation_b.parquet": EVALUATE,
+    "plots/accuracy_b.png": EVALUATE,
     "tables/": STUDY_A,
     "plots/": STUDY_A,
     "tables/interpretability.parquet": EVALUATE,
@@ -47,6 +53,9 @@ STAGE_OF = {"cells/": "train", "explanations/": "explain", "tables/dissection": 
             "tables/curves": "evaluate", "plots/alignment": "evaluate",
             "plots/deletion_insertion": "evaluate", "plots/faithfulness": "evaluate",
             "plots/label_mixing": "evaluate", "tables/performance": "train",
+            "tables/matching": "train", "tables/label_mixing": "evaluate",
+            "tables/accuracy_points_b": "evaluate", "tables/accuracy_correlation_b": "evaluate",
+            "plots/accuracy_b": "evaluate",
             "tables/": "compare", "plots/": "compare"}
 
 
@@ -142,6 +151,10 @@ class Run:
         except Exception as e:  # noqa: BLE001
             self._errors["experiment.json"] = f"invalid config: {e}"
             return None
+
+    def train_setting(self, key: str, default: Any = None) -> Any:
+        """A ``train`` setting of the experiment (e.g. ``monitor``), or ``default``."""
+        return ((self.experiment or {}).get("train") or {}).get(key, default)
 
     @property
     def baseline(self) -> str:

@@ -48,10 +48,48 @@ def _wide_ci(summary: pd.DataFrame, order: list[str]) -> pd.DataFrame:
         for m in metrics:
             if m in g.index:
                 r = g.loc[m]
-                row[m] = ci_cell(r["mean"], r.ci_low, r.ci_high)
+                cell = ci_cell(r["mean"], r.ci_low, r.ci_high)
+                verdict = r.get("verdict")
+                if isinstance(verdict, str):
+                    cell = Cell(f"{cell.text} {verdict}", cell.value)
+                row[m] = cell
             else:
                 row[m] = None
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def final_predicted(summary: pd.DataFrame) -> pd.DataFrame:
+    """The rows of summary_a for predicted-class maps against the final baseline."""
+    sel = pd.Series(True, index=summary.index)
+    if "target" in summary:
+        sel &= summary.target == "predicted"
+    if "reference" in summary:
+        sel &= summary.reference == "final"
+    return summary[sel]
+
+
+def verdict_table(summary: pd.DataFrame, order: list[str], metrics: list[str]) -> pd.DataFrame:
+    """variant × metric: ``verdict (diff [lo, hi])`` against the final baseline and, where the
+    run has them, against the accuracy-matched baseline."""
+    rows = []
+    refs = [r for r in ("final", "matched") if "reference" in summary
+            and (summary.reference == r).any()] or ["final"]
+    for v in order:
+        for ref in refs:
+            g = summary[(summary.variant == v)]
+            if "reference" in summary:
+                g = g[g.reference == ref]
+            g = g.set_index("metric")
+            if g.empty or "verdict" not in g:
+                continue
+            row: dict[str, object] = {"variant": v, "baseline": ref}
+            for m in metrics:
+                if m in g.index and isinstance(g.loc[m, "verdict"], str):
+                    r = g.loc[m]
+                    row[m] = Cell(f"{r.verdict} ({fmt(r['diff'], 3)} [{fmt(r.diff_low, 3)}, "
+                                  f"{fmt(r.diff_high, 3)}])", float(r["diff"]))
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -70,9 +108,9 @@ def _reading_a(summary: pd.DataFrame, method: str) -> str:
     floor = m.loc[NOISE_FLOOR] if NOISE_FLOOR in m.index else None
     aug = m.drop(index=NOISE_FLOOR, errors="ignore")
     text = [f"Each augmented model's {_name(method)} maps are compared image by image with the "
-            "baseline of the same seed and averaged over seeds; the noise floor compares "
-            "baselines of different seeds, so a variant inside it changed its maps no more than "
-            "retraining with another seed does."]
+            "baseline of the same seed; means and 95 % intervals are over training runs and "
+            "images. The noise floor compares baselines of different seeds, so a variant inside "
+            "it changed its maps no more than retraining with another seed does."]
     valid = aug["mean"].dropna()
     if not valid.empty:
         worst = valid.idxmin() if up else valid.idxmax()
@@ -92,7 +130,26 @@ def _reading_a(summary: pd.DataFrame, method: str) -> str:
                 f"baseline: mean {ci}" + (f" vs {fl}" if fl else "")
             text.append(s + (f"; {best} stays closest ({aug.loc[best, 'mean']:.3f})."
                              if best != worst else "."))
-        if floor is not None:
+        if "verdict" in aug:
+            groups = {k: sorted(aug.index[aug.verdict == k]) for k in
+                      ("beyond", "within", "closer", "undecided")}
+            text.append(f"Verdicts on {metric} from the 95 % CI of the difference to the noise "
+                        "floor (seed-level: resampling training runs and images): "
+                        + "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in groups.items()
+                                    if v) + ".")
+            if aug.provisional.fillna(False).any():
+                need = aug.seeds_needed.dropna()
+                text.append("With fewer than 3 seeds these intervals are unreliable and every "
+                            "verdict is provisional"
+                            + (f"; the observed seed spread needs about {int(need.max())} seeds "
+                               "to resolve a difference of the equivalence margin"
+                               if len(need) else "") + ".")
+            if "unconverged" in aug and (aug.unconverged.fillna("") != "").any():
+                text.append("Comparisons with unconverged models ("
+                            + ", ".join(sorted({c for cs in aug.unconverged.dropna()
+                                                for c in cs.split(",") if c}))
+                            + ") are confounded with under-training.")
+        elif floor is not None:
             beyond = (aug.ci_high < floor.ci_low) if up else (aug.ci_low > floor.ci_high)
             text.append(f"{int(beyond.sum())} of {len(aug)} augmentations have a 95 % CI "
                         f"entirely beyond the noise floor's on {metric}.")
@@ -112,6 +169,9 @@ _PLOTS_A = [
     ("correlation_heatmap", "Inter-augmentation Pearson r of the per-image values (mean over "
      "metrics), ordered by the dendrogram above it"),
     ("correlation_per_metric", "The same correlation heat map for each metric"),
+    ("accuracy_a", "Each model's mean similarity to the final baseline of its seed against its "
+     "validation accuracy (hollow: baseline checkpoints vs the final baseline); ρ = Spearman "
+     "over models"),
 ]
 
 
@@ -137,13 +197,25 @@ def _method_block(sec: Section, run: Run, method: str, several: bool) -> str:
         reading = (f"Study A has not been computed for {_name(method)} in this run directory, "
                    "so there is nothing to compare yet.")
     else:
-        pred = summary[summary.target == "predicted"] if "target" in summary else summary
+        pred = final_predicted(summary)
         order = _variant_order(run, list(dict.fromkeys(pred.variant)))
-        sec.table(_wide_ci(pred, order), f"{_name(method)}: mean over images (seed-averaged) "
-                  "with bootstrap 95 % CI, maps of each model's predicted class; last row = seed "
-                  "noise floor", floor=NOISE_FLOOR, table_id=f"summary-a-{method}")
-        cols = [c for c in ("variant", "target", "metric", "mean", "median", "ci_low", "ci_high",
-                            "n_images", "n_nan") if c in summary]
+        sec.table(_wide_ci(pred, order), f"{_name(method)}: mean over models and images with "
+                  "95 % CI over training runs and images (two-way bootstrap), and the verdict "
+                  "against the seed noise floor; maps of each model's predicted class; last row "
+                  "= noise floor", floor=NOISE_FLOOR, table_id=f"summary-a-{method}")
+        if "verdict" in summary:
+            metrics = [m for m in dict.fromkeys(pred.metric)]
+            allp = summary[summary.target == "predicted"] if "target" in summary else summary
+            sec.table(verdict_table(allp, [v for v in order if v != NOISE_FLOOR], metrics),
+                      f"{_name(method)}: verdicts against the noise floor, each variant compared "
+                      "with the final baseline of its seed and with the baseline checkpoint of "
+                      "the same seed whose validation accuracy is closest to the variant's "
+                      "(accuracy-matched); diff > 0 = less similar to the baseline than another "
+                      "baseline seed is", table_id=f"verdicts-a-{method}")
+        cols = [c for c in ("variant", "reference", "target", "metric", "mean", "ci_low",
+                            "ci_high", "pct_low", "pct_high", "n_seeds", "n_images", "n_nan",
+                            "diff", "diff_low", "diff_high", "verdict", "provisional",
+                            "seeds_needed", "unconverged", "failed") if c in summary]
         sec.table(summary[cols], f"{_name(method)}: full summary (both targets, with NaN "
                   "counts per metric)", collapsed=True, md=False)
         reading = _reading_a(pred, method)
@@ -156,6 +228,11 @@ def _method_block(sec: Section, run: Run, method: str, several: bool) -> str:
             sec.miss(run.reason(rel))
         else:
             sec.figure(png, caption, rel, collapsed=name == "correlation_per_metric")
+    acc = run.table(f"{tdir}/accuracy_correlation_a.parquet")
+    if acc is not None and len(acc):
+        sec.table(acc, f"{_name(method)}: Spearman's ρ between each model's mean similarity to "
+                  "the baseline and its validation accuracy (cells; all = cells + baseline "
+                  "checkpoints): a strong ρ means divergence tracks accuracy", collapsed=True)
     pf = run.table(f"{tdir}/pair_frequency.parquet")
     if pf is None:
         sec.miss(run.reason(f"{tdir}/pair_frequency.parquet"))
@@ -196,6 +273,8 @@ def changed_section(run: Run) -> tuple[Section, dict[int, str]]:
         sec.reading = "Without Study A tables there is nothing to rank yet."
         return sec, {}
     per = per[per.target == "predicted"] if "target" in per else per
+    if summary is not None:
+        summary = final_predicted(summary)
     metrics = [m for m in dict.fromkeys(per.metric) if higher_is_similar(m) is not None]
     main = main_metric(metrics)
     if main is None:

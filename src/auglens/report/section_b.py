@@ -10,8 +10,9 @@ import pandas as pd
 
 from . import figures
 from .gallery import METHOD_NAMES
-from .html import Section, ci_cell, fmt, path_png
+from .html import Cell, Section, ci_cell, fmt, path_png
 from .load import Run
+from .section_a import verdict_table
 
 ALIGNMENT = ["energy_pointing_game", "effective_heat_ratio"]
 AUCS = ["auc_deletion_morf", "auc_deletion_lerf", "auc_deletion_random",
@@ -34,8 +35,13 @@ def _wide(summary: pd.DataFrame, metrics: list[str], order: list[str]) -> pd.Dat
         g = g.set_index("metric")
         row: dict[str, object] = {"method": method, "variant": variant}
         for m in cols:
-            row[m] = ci_cell(g.loc[m, "mean"], g.loc[m, "ci_low"], g.loc[m, "ci_high"]) \
-                if m in g.index else None
+            row[m] = None
+            if m in g.index:
+                cell = ci_cell(g.loc[m, "mean"], g.loc[m, "ci_low"], g.loc[m, "ci_high"])
+                verdict = g.loc[m].get("verdict")
+                if isinstance(verdict, str):
+                    cell = Cell(f"{cell.text} {verdict}", cell.value)
+                row[m] = cell
         row["n_images"] = int(g.n_images.max())
         row["NaN values"] = int(g.n_nan.sum())
         rows.append(row)
@@ -73,6 +79,9 @@ def _vs_baseline(summary: pd.DataFrame, metric: str, method: str, base: str) -> 
     if top.variant == base:
         return " (the baseline itself)"
     text = f"; the baseline has {fmt(b['mean'])}"
+    if isinstance(top.get("verdict"), str):
+        return text + (f"; the seed-level 95 % CI of the difference is [{fmt(top.diff_low)}, "
+                       f"{fmt(top.diff_high)}] (verdict: {top.verdict})")
     if top.ci_low > b.ci_high:
         return text + ", and the two 95 % CIs do not overlap"
     return text + ", but the 95 % CIs overlap, so this is not a clear difference"
@@ -89,7 +98,10 @@ def study_b_section(run: Run) -> Section:
                        "label-mixing pairs, Network Dissection) has not been run for this run "
                        "directory, so there is nothing to show yet.")
         return sec
-    summary = run.table("tables/summary_b.parquet")
+    full = run.table("tables/summary_b.parquet")
+    summary = full
+    if full is not None and "reference" in full:
+        summary = full[full.reference == "final"]
     order = run.variants
     method = "gradcam"
     if summary is not None and len(summary) and not (summary.method == method).any():
@@ -161,8 +173,44 @@ def study_b_section(run: Run) -> Section:
           lambda: figures.ci_bars(summary, SCORES, "Robustness-corrected scores (95 % CI)",
                                           order))
 
+    if full is not None and "verdict" in full:
+        sec.sub("Verdicts against the baseline (final and accuracy-matched)")
+        for meth in dict.fromkeys(full.method):
+            f = full[full.method == meth]
+            sec.table(verdict_table(f, [v for v in order if v != base],
+                                    [m for m in ALIGNMENT + SCORES if (f.metric == m).any()]),
+                      f"{METHOD_NAMES.get(meth, meth)}: each variant minus the baseline of the "
+                      "same seed (final weights, and the checkpoint whose validation accuracy "
+                      "is closest to the variant's), 95 % CI over training runs and images; "
+                      "higher / lower / same (inside the equivalence margin) / undecided",
+                      table_id=f"verdicts-b-{meth}")
+        _plot(sec, run, "accuracy_b", "Each model's mean score against its validation accuracy "
+              "(hollow: baseline checkpoints); ρ = Spearman over models", None)
+        acc = run.table("tables/accuracy_correlation_b.parquet")
+        if acc is not None and len(acc):
+            sec.table(acc, "Spearman's ρ between each model's mean score and its validation "
+                      "accuracy (cells; all = cells + baseline checkpoints)", collapsed=True)
+
     sec.sub("Label-mixing pairs")
-    if summary is None:
+    lm = run.table("tables/label_mixing.parquet")
+    if lm is not None and len(lm):
+        t = lm[lm.metric.isin(MIXING_METRICS)].copy()
+        t["with − without [95 % CI]"] = [
+            Cell(f"{fmt(r['diff'])} [{fmt(r.diff_low)}, {fmt(r.diff_high)}] {r.verdict}",
+                 float(r["diff"])) for _, r in t.iterrows()]
+        sec.table(t[["label", "a", "b", "method", "metric", "mean_a", "mean_b",
+                     "with − without [95 % CI]", "n_seeds"]].rename(
+                         columns={"label": "family", "a": "with mixing", "b": "without"}),
+                  "Each family with label mixing minus without, same seeds and images; 95 % CI "
+                  "over training runs and images", table_id="mixing-table")
+        r = t[t.metric == "delta_ins"].head(1)
+        if len(r):
+            r = r.iloc[0]
+            readings.append(f"Label mixing changes {r.label}'s ΔIns by {fmt(r['diff'])} "
+                            f"[{fmt(r.diff_low)}, {fmt(r.diff_high)}] ({r.verdict}; "
+                            f"{METHOD_NAMES.get(r.method, r.method)}).")
+        _plot(sec, run, "label_mixing", "Label-mixing pairs", None)
+    elif summary is None:
         sec.miss(run.reason("tables/summary_b.parquet"))
     else:
         pairs = _mixing_pairs(summary)

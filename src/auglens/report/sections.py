@@ -68,7 +68,9 @@ def experiment_section(run: Run) -> Section:
         facts.append(("model", f"{model.get('name', '?')} ({_params(model)})"))
     if exp and exp.get("train"):
         t = exp["train"]
-        keys = ("epochs", "batch_size", "optimizer", "lr", "schedule", "weight_decay")
+        keys = (("stop", "max_epochs", "monitor", "patience", "min_delta", "lr_decays")
+                if t.get("stop") == "converged" else ("epochs",)) + (
+            "batch_size", "optimizer", "lr", "schedule", "weight_decay", "precision")
         facts.append(("training", ", ".join(f"{k}={t[k]}" for k in keys if k in t)))
     facts.append(("baseline", run.baseline))
     facts.append(("seeds", ", ".join(map(str, seeds)) or "none"))
@@ -166,10 +168,17 @@ def performance_section(run: Run) -> Section:
         "f1": g.f1.mean().to_numpy(),
         "f1 sd": g.f1.std().to_numpy(),
     })
+    if "converged" in perf:
+        table["converged"] = [f"{int(c)}/{int(n)}" for c, n in
+                              zip(g.converged.sum(), g.size(), strict=True)]
+        table["epochs"] = g.epochs_trained.mean().to_numpy()
+        table["failed runs"] = g.failed.sum().to_numpy()
     if "train_seconds" in perf:
         table["train s"] = g.train_seconds.mean().to_numpy()
     sec.table(table, "Test-set metrics per variant: macro averages over classes, mean over seeds "
-              "(sd = standard deviation over seeds; NaN with a single seed)", digits=4,
+              "(sd = standard deviation over seeds; NaN with a single seed); converged = cells "
+              "whose validation loss/accuracy stopped improving before the epoch cap; epochs = "
+              "mean epochs trained (the weights kept are the best validation epoch's)", digits=4,
               table_id="performance-table")
     sec.table(perf.reset_index(drop=True), "Every trained model (one row per variant and seed)",
               digits=4, collapsed=True, md=False)
@@ -189,6 +198,25 @@ def performance_section(run: Run) -> Section:
                     f"accurate {worst} ({t.accuracy[worst]:.4f})"
                     + (f", {t.accuracy[worst] - t.accuracy[base]:+.4f} vs the baseline"
                        if base in t.index and worst != base else "") + ".")
+    if "converged" in perf:
+        unconv = perf[~perf.converged.astype(bool)]
+        failed = perf[perf.failed.astype(bool)]
+        if len(unconv):
+            text.append(f"{len(unconv)} of {len(perf)} models did NOT converge ("
+                        + ", ".join(f"{r.variant}/seed{r.seed}" for r in unconv.itertuples())
+                        + "): they stopped at the epoch cap while still improving, so every "
+                        "comparison with them is confounded with under-training; they are marked "
+                        "in the tables below. Raise train.max_epochs.")
+        else:
+            monitor = str(run.train_setting("monitor", "val_loss")).replace("val_", "")
+            text.append(f"All {len(perf)} models converged (validation {monitor} flat before "
+                        "the epoch cap).")
+        if len(failed):
+            text.append("Failed runs (converged far below the other seeds of their variant, "
+                        "which would distort the noise floor): "
+                        + ", ".join(f"{r.variant}/seed{r.seed} ({r.best_val_accuracy:.3f})"
+                                    for r in failed.itertuples())
+                        + "; leave them out with analysis.exclude or add a seed.")
     if len(ranges):
         widest = ranges.idxmax()
         text.append(f"Retraining with another seed moves a variant's accuracy by "

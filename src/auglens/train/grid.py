@@ -15,15 +15,20 @@ def cell_dir(out_dir: str | Path, variant: str, seed: int) -> Path:
     return Path(out_dir) / "cells" / variant / f"seed{seed}"
 
 
-def cell_done(path: Path, cfg: CellConfig) -> bool:
-    """A cell is done when its record exists, matches the config hash and its weights exist."""
+def cell_done(path: Path, cfg: CellConfig, checkpoints: bool = False) -> bool:
+    """A cell is done when its record exists, matches the config hash and its weights exist
+    (and, with ``checkpoints``, when it kept one checkpoint per epoch)."""
     rec = path / RECORD
     if not rec.is_file() or not (path / WEIGHTS).is_file():
         return False
     try:
-        return json.loads(rec.read_text()).get("config_hash") == cfg.content_hash()
+        record = json.loads(rec.read_text())
     except (OSError, json.JSONDecodeError):
         return False
+    if record.get("config_hash") != cfg.content_hash():
+        return False
+    return not checkpoints or len(record.get("checkpoint_sha256") or {}) == len(
+        record.get("history", ()))
 
 
 def train_grid(

@@ -28,13 +28,16 @@ from ..config import CellConfig, TrainConfig
 from ..data import DATASETS, Dataset, ImageSet
 from ..data.images import iter_batches
 from ..models import build_model, save_weights
+from ..models.precision import autocast, memory_format, resolve_precision
 from ..utils import atomic_path, derive_seed, make_generator, resolve_device, software_versions
 from ..utils import write_json as _write_json
 from .metrics import classification_report
+from .stopping import StoppingRule
 
 WEIGHTS = "weights.safetensors"
 RECORD = "record.json"
 AUG_LOG = "augment_log.parquet"
+CHECKPOINTS = "checkpoints"
 
 _DATA_CACHE: dict[str, Dataset] = {}
 
@@ -93,13 +96,23 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
-    """Multiplier of ``cfg.lr`` at optimiser step ``step`` (0-based) of ``total``."""
+    """Multiplier of ``cfg.lr`` at optimiser step ``step`` (0-based) of ``total`` (the epoch cap's
+    steps). ``plateau``: linear warm-up over ``warmup_epochs``, then 1 (the stopping rule's decay
+    factor is applied by the caller); ``exponential``: the same warm-up, then ``decay_rate`` per
+    epoch."""
     t = step / max(total, 1)
-    if cfg.schedule == "constant":
+    schedule = cfg.resolved_schedule
+    if schedule == "constant":
         return 1.0
-    if cfg.schedule == "cosine":
+    if schedule in ("plateau", "exponential"):
+        warm = cfg.warmup_epochs * steps_per_epoch
+        f = min(1.0, (step + 1) / warm) if warm > 0 else 1.0
+        if schedule == "exponential":
+            f *= cfg.decay_rate ** max(0.0, step / steps_per_epoch - cfg.warmup_epochs)
+        return f
+    if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * t))
-    if cfg.schedule == "onecycle":  # linear warm-up over 15 %, then cosine down to 0
+    if schedule == "onecycle":  # linear warm-up over 15 %, then cosine down to 0
         w = 0.15
         return t / w if t < w else 0.5 * (1 + math.cos(math.pi * (t - w) / (1 - w)))
     epoch = step / steps_per_epoch
@@ -108,7 +121,8 @@ def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> 
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, images: Tensor, data: Dataset, batch_size: int, device: torch.device
+    model: nn.Module, images: Tensor, data: Dataset, batch_size: int, device: torch.device,
+    precision: str = "fp32",
 ) -> Tensor:
     """Logits float32 (N, K) of uint8 images (N, 3, H, W), in eval mode."""
     was_training = model.training
@@ -117,16 +131,19 @@ def predict(
     try:
         for i in range(0, len(images), batch_size):
             x = data.normalize(images[i : i + batch_size].to(device).float() / 255)
-            out.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
+            with autocast(device, precision):
+                out.append(model(x.contiguous(memory_format=memory_format(model))).float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(out)
 
 
 def evaluate(
-    model: nn.Module, split: ImageSet, data: Dataset, cfg: TrainConfig, device: torch.device
+    model: nn.Module, split: ImageSet, data: Dataset, cfg: TrainConfig, device: torch.device,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
-    logits = predict(model, split.images, data, cfg.eval_batch_size, device)
+    """Cross-entropy loss and classification report of ``model`` on ``split``."""
+    logits = predict(model, split.images, data, cfg.eval_batch_size, device, precision)
     loss = F.cross_entropy(logits, split.labels).item()
     report = classification_report(logits.argmax(1), split.labels, data.num_classes)
     return {"loss": loss, **report}
@@ -139,16 +156,31 @@ class TrainResult:
     weights_path: Path | None
 
 
+def checkpoint_path(cell_dir: str | Path, epoch: int) -> Path:
+    """Weights after ``epoch`` (1-based) of a cell trained with ``keep_checkpoints``."""
+    return Path(cell_dir) / CHECKPOINTS / f"epoch{epoch:03d}.safetensors"
+
+
 def train_cell(
     cfg: CellConfig,
     out_dir: str | Path | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    keep_checkpoints: bool = False,
 ) -> TrainResult:
     """Train one (augmentation, seed) cell; write weights + record (+ augmentation log) to
-    ``out_dir`` atomically (record.json last: its presence marks a finished cell)."""
+    ``out_dir`` atomically (record.json last: its presence marks a finished cell).
+
+    Trains until ``cfg.train``'s stopping rule (`StoppingRule`) ends it; the model returned and
+    saved holds the weights of the best validation epoch (``record["best_epoch"]``), and
+    ``record["converged"]`` / ``record["stop_reason"]`` say how training ended.
+    ``keep_checkpoints``: also save the weights after every epoch (`checkpoint_path`), e.g. for
+    the baseline's accuracy-matched comparisons.
+    """
     tc = cfg.train
     device = resolve_device(tc.device)
+    precision = resolve_precision(tc.precision, device)
     data = load_dataset(cfg)
+    out_dir = Path(out_dir) if out_dir is not None else None
     t0 = time.perf_counter()
     with deterministic(tc.threads):
         torch.manual_seed(derive_seed(cfg.seed, "init"))
@@ -161,25 +193,29 @@ def train_cell(
         )
         torch.manual_seed(derive_seed(cfg.seed, "dropout"))
         init_sha = state_sha256(model)
-        model = model.to(device).to(memory_format=torch.channels_last)
+        layout = memory_format(model)
+        model = model.to(device).to(memory_format=layout)
         order_hash = hashlib.sha256()
         augment = build_augmentation(cfg.augment)
         augment.set_dataset_stats(data.mean, data.std)
         aug_gen = make_generator(cfg.seed, "augment")
         opt = make_optimizer(model, tc)
         base_lrs = [g["lr"] for g in opt.param_groups]
-        scaler = torch.amp.GradScaler(device.type, enabled=tc.amp and device.type == "cuda")
         train_images = data.train.images  # a LazyImages stays on disk, decoded per batch
         if isinstance(train_images, Tensor):
             train_images = train_images.to(device)
         train_labels = data.train.labels.to(device)
         steps_per_epoch = len(data.train) // tc.batch_size
-        total = steps_per_epoch * tc.epochs
+        total = steps_per_epoch * tc.epoch_cap
+        rule = StoppingRule(tc.stop, tc.monitor, tc.patience, tc.min_delta, tc.epoch_cap,
+                            decays=tc.lr_decays if tc.resolved_schedule == "plateau" else 0,
+                            gamma=tc.gamma)
         history: list[dict[str, Any]] = []
         logs: list[dict[str, np.ndarray]] = []
-        best = (-1.0, None, 0)  # (val acc, state, epoch)
-        step = 0
-        for epoch in range(tc.epochs):
+        best_state: dict[str, Tensor] | None = None
+        checkpoints: dict[int, str] = {}  # epoch -> weights sha256
+        step, f = 0, 1.0
+        for epoch in range(tc.epoch_cap):
             model.train()
             loss_sum, correct, seen = 0.0, 0.0, 0
             batches = batch_order(len(data.train), tc.batch_size, cfg.seed, epoch)
@@ -191,26 +227,26 @@ def train_cell(
                 x, y, log = augment(x, y, aug_gen)
                 if log:
                     logs.append(_log_rows(log, idx, epoch, step))
-                x = data.normalize(x).contiguous(memory_format=torch.channels_last)
-                f = lr_factor(tc, step, total, steps_per_epoch)
+                x = data.normalize(x).contiguous(memory_format=layout)
+                f = lr_factor(tc, step, total, steps_per_epoch) * rule.lr_factor
                 for g, lr in zip(opt.param_groups, base_lrs, strict=True):
                     g["lr"] = lr * f
-                with torch.autocast(device.type, enabled=tc.amp and device.type == "cuda"):
+                with autocast(device, precision):
                     logits = model(x)
                 loss = soft_cross_entropy(logits, y, tc.label_smoothing)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}")
                 opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
+                loss.backward()
+                opt.step()
                 step += 1
                 loss_sum += loss.item() * len(idx)
                 correct += (logits.argmax(1) == y.argmax(1)).sum().item()
                 seen += len(idx)
-            val = evaluate(model, data.val, data, tc, device)
+            val = evaluate(model, data.val, data, tc, device, precision)
             entry = {
                 "epoch": epoch + 1,
+                "lr": base_lrs[0] * f,
                 "train_loss": loss_sum / max(seen, 1),
                 "train_accuracy": correct / max(seen, 1),
                 "val_loss": val["loss"],
@@ -218,34 +254,38 @@ def train_cell(
                 "seconds": time.perf_counter() - t0,
             }
             history.append(entry)
+            if keep_checkpoints and out_dir is not None:
+                checkpoints[epoch + 1] = save_weights(model, checkpoint_path(out_dir, epoch + 1))
+            prev_best = rule.best_epoch
+            stop = rule.update(entry[tc.monitor])
+            if rule.best_epoch != prev_best:
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if progress:
-                progress(entry)
-            if tc.early_stopping_patience is not None:
-                if val["accuracy"] > best[0]:
-                    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    best = (val["accuracy"], state, epoch + 1)
-                elif epoch + 1 - best[2] >= tc.early_stopping_patience:
-                    break
-        if best[1] is not None:
-            model.load_state_dict(best[1])
-        test = evaluate(model, data.test, data, tc, device)
+                progress(entry | {"max_epochs": tc.epoch_cap})
+            if stop:
+                break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        test = evaluate(model, data.test, data, tc, device, precision)
     model.eval()
     record = {
         "config": cfg.model_dump(mode="json"),
         "config_hash": cfg.content_hash(),
         "dataset": {"name": data.name, "info": data.info, "class_names": data.class_names},
         "device": str(device),
+        "precision": precision,
         "software": software_versions(),
         "history": history,
         "init_sha256": init_sha,
         "batch_order_sha256": order_hash.hexdigest(),
-        "best_epoch": best[2] if best[1] is not None else len(history),
+        **rule.summary(),
+        "best_val_accuracy": history[rule.best_epoch - 1]["val_accuracy"],
+        "checkpoint_sha256": {str(e): sha for e, sha in checkpoints.items()},
         "test": {k: v for k, v in test.items()},
         "train_seconds": time.perf_counter() - t0,
     }
     weights_path = None
     if out_dir is not None:
-        out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         weights_path = out_dir / WEIGHTS
         record["weights_sha256"] = save_weights(model, weights_path)
