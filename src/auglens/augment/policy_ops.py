@@ -1,0 +1,303 @@
+"""The image operations of the automated augmentation policies, batched with a per-sample
+operation and magnitude (used by ``policies``: RandAugment, TrivialAugmentWide, AutoAugment,
+AugMix).
+
+Every operation equals torchvision v2's kernel for **float** images in [0, 1] (the dispatch of
+``torchvision.transforms.v2._auto_augment._AutoAugmentBase._apply_image_or_video_transform``):
+shears about the top-left corner with angle atan(magnitude), translations by ``int(magnitude)``
+pixels, rotations about the centre (positive = counter-clockwise, ``F.rotate``), all through
+``grid_sample`` with zero fill and the same inverse matrix and grid as ``F.affine``; brightness,
+colour (saturation), contrast and sharpness with factor 1 + magnitude; posterize to
+``int(magnitude)`` bits (float kernel: ⌊x·2^b⌋ / 2^b, so 8 bits is *not* the identity on float
+images); solarize inverts pixels >= magnitude (threshold 1.0 inverts exact white); autocontrast,
+equalize (via uint8, as torchvision), invert. On uint8 images torchvision additionally rounds after
+every operation; we keep float.
+
+Magnitude tables (:data:`SPACES`) are torchvision's ``_AUGMENTATION_SPACE`` of each policy,
+computed with the same float32 ``torch.linspace`` calls so that the values are bit-identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+
+from .photometric import _blend, _grayscale
+
+#: Global operation ids (logged as ``op``); index into this tuple.
+OPS: tuple[str, ...] = (
+    "Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
+    "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize", "Invert",
+)
+OP_ID = {name: i for i, name in enumerate(OPS)}
+IDENTITY = 0
+_GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+
+MagnitudeFn = Callable[[int, int, int], Tensor | None]
+
+
+def _lin(hi: float) -> MagnitudeFn:
+    return lambda n, h, w: torch.linspace(0.0, hi, n)
+
+
+def _none(n: int, h: int, w: int) -> None:
+    return None
+
+
+def _posterize(top: int, span: int) -> MagnitudeFn:
+    return lambda n, h, w: (top - (torch.arange(n) / ((n - 1) / span))).round().int()
+
+
+def _solarize(n: int, h: int, w: int) -> Tensor:
+    return torch.linspace(1.0, 0.0, n)
+
+
+# (magnitudes(num_bins, height, width), signed) per operation, in torchvision's dict order (the
+# order matters only for which local index means which op; ids are global, see OPS).
+_RAND = {
+    "Identity": (_none, False),
+    "ShearX": (_lin(0.3), True),
+    "ShearY": (_lin(0.3), True),
+    "TranslateX": (lambda n, h, w: torch.linspace(0.0, 150.0 / 331.0 * w, n), True),
+    "TranslateY": (lambda n, h, w: torch.linspace(0.0, 150.0 / 331.0 * h, n), True),
+    "Rotate": (_lin(30.0), True),
+    "Brightness": (_lin(0.9), True),
+    "Color": (_lin(0.9), True),
+    "Contrast": (_lin(0.9), True),
+    "Sharpness": (_lin(0.9), True),
+    "Posterize": (_posterize(8, 4), False),
+    "Solarize": (_solarize, False),
+    "AutoContrast": (_none, False),
+    "Equalize": (_none, False),
+}
+_AUTO = {**{k: v for k, v in _RAND.items() if k != "Identity"}, "Invert": (_none, False)}
+_WIDE = {
+    "Identity": (_none, False),
+    "ShearX": (_lin(0.99), True),
+    "ShearY": (_lin(0.99), True),
+    "TranslateX": (_lin(32.0), True),
+    "TranslateY": (_lin(32.0), True),
+    "Rotate": (_lin(135.0), True),
+    "Brightness": (_lin(0.99), True),
+    "Color": (_lin(0.99), True),
+    "Contrast": (_lin(0.99), True),
+    "Sharpness": (_lin(0.99), True),
+    "Posterize": (_posterize(8, 6), False),
+    "Solarize": (_solarize, False),
+    "AutoContrast": (_none, False),
+    "Equalize": (_none, False),
+}
+_AUGMIX_PARTIAL = {
+    "ShearX": (_lin(0.3), True),
+    "ShearY": (_lin(0.3), True),
+    "TranslateX": (lambda n, h, w: torch.linspace(0.0, w / 3.0, n), True),
+    "TranslateY": (lambda n, h, w: torch.linspace(0.0, h / 3.0, n), True),
+    "Rotate": (_lin(30.0), True),
+    "Posterize": (_posterize(4, 4), False),
+    "Solarize": (_solarize, False),
+    "AutoContrast": (_none, False),
+    "Equalize": (_none, False),
+}
+_AUGMIX_ALL = {
+    **_AUGMIX_PARTIAL,
+    "Brightness": (_lin(0.9), True),
+    "Color": (_lin(0.9), True),
+    "Contrast": (_lin(0.9), True),
+    "Sharpness": (_lin(0.9), True),
+}
+
+
+@dataclass(frozen=True)
+class OpSpace:
+    """The operations a policy chooses from and their magnitude bins (torchvision's
+    ``_AUGMENTATION_SPACE``)."""
+
+    name: str
+    table: dict[str, tuple[MagnitudeFn, bool]]
+
+    @property
+    def ops(self) -> tuple[str, ...]:
+        return tuple(self.table)
+
+    def magnitudes(self, num_bins: int, height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(global op id (n_ops,) int64, magnitudes (n_ops, num_bins) float64 — 0 for operations
+        without a magnitude — and signed (n_ops,) bool)."""
+        ids, rows, signed = [], [], []
+        for op, (fn, sgn) in self.table.items():
+            m = fn(num_bins, height, width)
+            ids.append(OP_ID[op])
+            rows.append(torch.zeros(num_bins, dtype=torch.float64) if m is None else m.double())
+            signed.append(sgn)
+        return torch.tensor(ids), torch.stack(rows), torch.tensor(signed)
+
+    def draw(
+        self, local_op: Tensor, bins: Tensor, sign_u: Tensor, num_bins: int, height: int,
+        width: int,
+    ) -> tuple[Tensor, Tensor]:
+        """Global op ids and signed magnitudes (float64) for local op indices ``local_op``,
+        magnitude bins ``bins`` and sign draws ``sign_u`` ~ U[0, 1) (all the same shape, CPU):
+        negative where the op is signed and ``sign_u <= 0.5`` (torchvision's test)."""
+        ids, table, signed = self.magnitudes(num_bins, height, width)
+        mag = table[local_op, bins]
+        mag = torch.where(signed[local_op] & (sign_u <= 0.5), -mag, mag)
+        return ids[local_op], mag
+
+
+SPACES = {
+    "randaugment": OpSpace("randaugment", _RAND),
+    "autoaugment": OpSpace("autoaugment", _AUTO),
+    "trivialaugment": OpSpace("trivialaugment", _WIDE),
+    "augmix": OpSpace("augmix", _AUGMIX_ALL),
+    "augmix_partial": OpSpace("augmix_partial", _AUGMIX_PARTIAL),
+}
+
+
+# ---------------------------------------------------------------- geometric
+
+
+def inverse_affine(
+    cx: Tensor, cy: Tensor, angle: Tensor, tx: Tensor, ty: Tensor, shear_x: Tensor,
+    shear_y: Tensor,
+) -> Tensor:
+    """(n, 2, 3) float64: torchvision ``_get_inverse_affine_matrix(center, angle, translate,
+    scale=1, shear)`` per sample (degrees; centre and translation in pixels, centre relative to
+    the image centre)."""
+    rot, sx, sy = torch.deg2rad(angle), torch.deg2rad(shear_x), torch.deg2rad(shear_y)
+    a = torch.cos(rot - sy) / torch.cos(sy)
+    b = -torch.cos(rot - sy) * torch.tan(sx) / torch.cos(sy) - torch.sin(rot)
+    c = torch.sin(rot - sy) / torch.cos(sy)
+    d = -torch.sin(rot - sy) * torch.tan(sx) / torch.cos(sy) + torch.cos(rot)
+    m0, m1, m3, m4 = d, -b, -c, a
+    m2 = m0 * (-cx - tx) + m1 * (-cy - ty) + cx
+    m5 = m3 * (-cx - tx) + m4 * (-cy - ty) + cy
+    return torch.stack([torch.stack([m0, m1, m2], 1), torch.stack([m3, m4, m5], 1)], 1)
+
+
+def geometric_matrices(op: Tensor, magnitude: Tensor, height: int, width: int) -> Tensor:
+    """(n, 2, 3) float64 inverse matrices for geometric op ids ``op`` (n,) with magnitudes (n,),
+    exactly as torchvision's AutoAugment dispatch builds them."""
+    zero = torch.zeros_like(magnitude)
+    is_op = {name: op == OP_ID[name] for name in _GEOMETRIC}
+    shear = torch.rad2deg(torch.atan(magnitude))
+    corner = is_op["ShearX"] | is_op["ShearY"]  # center=[0, 0]: the top-left corner
+    cx = torch.where(corner, -width * 0.5, zero)
+    cy = torch.where(corner, -height * 0.5, zero)
+    # F.rotate: angle % 360, then the matrix of -angle
+    angle = torch.where(is_op["Rotate"], -torch.remainder(magnitude, 360.0), zero)
+    tx = torch.where(is_op["TranslateX"], torch.trunc(magnitude), zero)
+    ty = torch.where(is_op["TranslateY"], torch.trunc(magnitude), zero)
+    sx = torch.where(is_op["ShearX"], shear, zero)
+    sy = torch.where(is_op["ShearY"], shear, zero)
+    return inverse_affine(cx, cy, angle, tx, ty, sx, sy)
+
+
+def warp(images: Tensor, matrices: Tensor, interpolation: str) -> Tensor:
+    """Warp (n, C, H, W) by inverse matrices (n, 2, 3) (pixel units about the image centre) like
+    torchvision ``F.affine`` for float tensors: its ``_affine_grid`` (matrix cast to the image
+    dtype, grid normalised after applying it), ``grid_sample`` with zero padding,
+    ``align_corners=False``."""
+    n, _, h, w = images.shape
+    dt, dev = images.dtype, images.device
+    base = torch.empty(1, h, w, 3, dtype=dt, device=dev)
+    base[..., 0].copy_(torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w, device=dev))
+    base[..., 1].copy_(
+        torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h, device=dev).unsqueeze_(-1)
+    )
+    base[..., 2].fill_(1)
+    theta = matrices.to(dtype=dt).to(dev)
+    scale = torch.tensor([0.5 * w, 0.5 * h], dtype=dt, device=dev)
+    rescaled = theta.transpose(1, 2).div(scale)
+    grid = base.view(1, h * w, 3).expand(n, h * w, 3).bmm(rescaled).view(n, h, w, 2)
+    return F.grid_sample(images, grid, mode=interpolation, padding_mode="zeros",
+                         align_corners=False)
+
+
+# ---------------------------------------------------------------- photometric
+
+
+def _factor(m: Tensor, x: Tensor) -> Tensor:
+    return (1.0 + m).to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+
+
+def sharpness(x: Tensor, factor: Tensor) -> Tensor:
+    """torchvision ``adjust_sharpness`` per sample (factor (n, 1, 1, 1)): blend the interior with
+    the 3×3 [[1,1,1],[1,5,1],[1,1,1]]/13 blur, borders unchanged; clamp to [0, 1]."""
+    c, h, w = x.shape[-3:]
+    if h <= 2 or w <= 2:
+        return x
+    a, b = 1.0 / 13.0, 5.0 / 13.0
+    kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], dtype=x.dtype, device=x.device)
+    out = x.clone()
+    blurred = F.conv2d(out, kernel.expand(c, 1, 3, 3), groups=c)
+    view = out[..., 1:-1, 1:-1]
+    view.add_((blurred - view) * (1.0 - factor))
+    return out.clamp_(0.0, 1.0)
+
+
+def _photometric(name: str, x: Tensor, m: Tensor) -> Tensor:
+    if name == "Brightness":
+        return (x * _factor(m, x)).clamp_(0.0, 1.0)
+    if name == "Color":
+        return _blend(x, _grayscale(x), _factor(m, x))
+    if name == "Contrast":
+        mean = _grayscale(x).mean(dim=(-3, -2, -1), keepdim=True)
+        return _blend(x, mean, _factor(m, x))
+    if name == "Sharpness":
+        return sharpness(x, _factor(m, x))
+    if name == "Posterize":
+        levels = torch.pow(2.0, torch.trunc(m)).to(device=x.device, dtype=x.dtype)
+        levels = levels.view(-1, 1, 1, 1)
+        return torch.minimum(x.mul(levels).floor_(), levels - 1).clamp_min_(0).mul_(1.0 / levels)
+    if name == "Solarize":
+        thr = m.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+        return torch.where(x >= thr, 1.0 - x, x)
+    if name == "AutoContrast":
+        return TF.autocontrast(x)
+    if name == "Equalize":
+        return TF.equalize(x)
+    if name == "Invert":
+        return 1.0 - x
+    raise ValueError(f"unknown operation {name!r}")
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+def apply_ops(images: Tensor, op: Tensor, magnitude: Tensor, interpolation: str) -> Tensor:
+    """Apply per sample the global op ``op[i]`` (int64 (B,), CPU) with signed ``magnitude[i]``
+    (float64 (B,), CPU) to ``images`` (B, 3, H, W) float in [0, 1]. All geometric samples go
+    through one ``grid_sample``, every other op through one batched call over its samples;
+    ``Identity`` samples are returned bit-identical (and nothing is copied if all are)."""
+    h, w = images.shape[-2:]
+    active = op != IDENTITY
+    if not bool(active.any()):
+        return images
+    out = images.clone()
+    dev = images.device
+    geo = torch.zeros_like(active)
+    for name in _GEOMETRIC:
+        geo |= op == OP_ID[name]
+    groups: list[tuple[str, Tensor]] = []
+    if bool(geo.any()):
+        groups.append(("geometric", geo.nonzero().squeeze(1)))
+    for k in op[active & ~geo].unique().tolist():
+        groups.append((OPS[k], (op == k).nonzero().squeeze(1)))
+    for name, idx in groups:
+        x = images.index_select(0, idx.to(dev))
+        m = magnitude[idx]
+        if name == "geometric":
+            y = warp(x, geometric_matrices(op[idx], m, h, w), interpolation)
+        else:
+            y = _photometric(name, x, m)
+        out.index_copy_(0, idx.to(dev), y)
+    return out
+
+
+def op_names(ids: Tensor) -> list[str]:
+    """Names of global op ids (for logs and error messages)."""
+    return [OPS[int(i)] for i in ids.flatten()]
