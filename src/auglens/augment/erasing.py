@@ -128,8 +128,9 @@ class RandomErasing(_DatasetStats, Augmentation):
         b, c, h, w = images.shape
         mask = self.draw_apply_mask(b, generator)
         boxes = erasing_boxes(b, h, w, self.scale, self.ratio, generator)
-        boxes = torch.where(mask[:, None], boxes, 0)
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        boxes = torch.where((mask & (area > 0))[:, None], boxes, 0)
+        area = torch.where(mask, area, 0)
         log = {"box": boxes, "lam": (1.0 - box_area_fraction(boxes, h, w)).float(),
                "applied": mask}
         if self.value == "random":  # drawn even if nothing is erased: a fixed draw count

@@ -43,7 +43,7 @@ def smoothing_for_entropy(entropy: float, num_classes: int) -> float:
         return 1.0
     return float(
         brentq(lambda e: smoothed_entropy(e, num_classes) - entropy, 0.0, 1.0,
-               xtol=1e-15, rtol=4 * 2.2e-16, maxiter=200)
+               xtol=1e-15, rtol=1e-15, maxiter=200)
     )
 
 
