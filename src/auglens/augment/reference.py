@@ -25,8 +25,8 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from ..errors import ConfigError
-from .compose import build_augmentation
 from .augmix import AugMix
+from .compose import build_augmentation
 from .erasing import RandomErasing
 from .geometric import Affine, Elastic, HorizontalFlip, RandomCrop, RandomResizedCrop
 from .mixing import CutMix, Mixup
