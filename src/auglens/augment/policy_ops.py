@@ -212,6 +212,8 @@ def warp(images: Tensor, matrices: Tensor, interpolation: str) -> Tensor:
     theta = matrices.to(dtype=dt).to(dev)
     scale = torch.tensor([0.5 * w, 0.5 * h], dtype=dt, device=dev)
     rescaled = theta.transpose(1, 2).div(scale)
+    # bmm like torchvision's (a single GEMM over all samples rounds some nearest-pixel ties
+    # differently)
     grid = base.view(1, h * w, 3).expand(n, h * w, 3).bmm(rescaled).view(n, h, w, 2)
     return F.grid_sample(images, grid, mode=interpolation, padding_mode="zeros",
                          align_corners=False)
@@ -230,11 +232,10 @@ def sharpness(x: Tensor, factor: Tensor) -> Tensor:
     c, h, w = x.shape[-3:]
     if h <= 2 or w <= 2:
         return x
-    a, b = 1.0 / 13.0, 5.0 / 13.0
-    kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], dtype=x.dtype, device=x.device)
     out = x.clone()
-    blurred = F.conv2d(out, kernel.expand(c, 1, 3, 3), groups=c)
     view = out[..., 1:-1, 1:-1]
+    # (3x3 sum + 4·centre) / 13 (an average pool is much faster than a depthwise conv on CPU)
+    blurred = (F.avg_pool2d(x, 3, stride=1) * 9.0 + 4.0 * view) / 13.0
     view.add_((blurred - view) * (1.0 - factor))
     return out.clamp_(0.0, 1.0)
 
