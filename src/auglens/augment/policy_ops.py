@@ -19,6 +19,8 @@ computed with the same float32 ``torch.linspace`` calls so that the values are b
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -161,39 +163,58 @@ SPACES = {
 
 
 def inverse_affine(
-    cx: Tensor, cy: Tensor, angle: Tensor, tx: Tensor, ty: Tensor, shear_x: Tensor,
-    shear_y: Tensor,
-) -> Tensor:
-    """(n, 2, 3) float64: torchvision ``_get_inverse_affine_matrix(center, angle, translate,
-    scale=1, shear)`` per sample (degrees; centre and translation in pixels, centre relative to
-    the image centre)."""
-    rot, sx, sy = torch.deg2rad(angle), torch.deg2rad(shear_x), torch.deg2rad(shear_y)
-    a = torch.cos(rot - sy) / torch.cos(sy)
-    b = -torch.cos(rot - sy) * torch.tan(sx) / torch.cos(sy) - torch.sin(rot)
-    c = torch.sin(rot - sy) / torch.cos(sy)
-    d = -torch.sin(rot - sy) * torch.tan(sx) / torch.cos(sy) + torch.cos(rot)
-    m0, m1, m3, m4 = d, -b, -c, a
-    m2 = m0 * (-cx - tx) + m1 * (-cy - ty) + cx
-    m5 = m3 * (-cx - tx) + m4 * (-cy - ty) + cy
-    return torch.stack([torch.stack([m0, m1, m2], 1), torch.stack([m3, m4, m5], 1)], 1)
+    center: tuple[float, float], angle: float, translate: tuple[float, float],
+    shear: tuple[float, float],
+) -> tuple[float, ...]:
+    """torchvision ``_get_inverse_affine_matrix(center, angle, translate, scale=1, shear)`` (6
+    floats; degrees; centre and translation in pixels, the centre relative to the image centre),
+    with the same Python float arithmetic."""
+    rot, sx, sy = math.radians(angle), math.radians(shear[0]), math.radians(shear[1])
+    cx, cy = center
+    tx, ty = translate
+    a = math.cos(rot - sy) / math.cos(sy)
+    b = -math.cos(rot - sy) * math.tan(sx) / math.cos(sy) - math.sin(rot)
+    c = math.sin(rot - sy) / math.cos(sy)
+    d = -math.sin(rot - sy) * math.tan(sx) / math.cos(sy) + math.cos(rot)
+    m = [d, -b, 0.0, -c, a, 0.0]
+    m[2] += m[0] * (-cx - tx) + m[1] * (-cy - ty)
+    m[5] += m[3] * (-cx - tx) + m[4] * (-cy - ty)
+    m[2] += cx
+    m[5] += cy
+    return tuple(m)
 
 
-def geometric_matrices(op: Tensor, magnitude: Tensor, height: int, width: int) -> Tensor:
-    """(n, 2, 3) float64 inverse matrices for geometric op ids ``op`` (n,) with magnitudes (n,),
-    exactly as torchvision's AutoAugment dispatch builds them."""
-    zero = torch.zeros_like(magnitude)
-    is_op = {name: op == OP_ID[name] for name in _GEOMETRIC}
-    shear = torch.rad2deg(torch.atan(magnitude))
-    corner = is_op["ShearX"] | is_op["ShearY"]  # center=[0, 0]: the top-left corner
-    cx = torch.where(corner, -width * 0.5, zero)
-    cy = torch.where(corner, -height * 0.5, zero)
-    # F.rotate: angle % 360, then the matrix of -angle
-    angle = torch.where(is_op["Rotate"], -torch.remainder(magnitude, 360.0), zero)
-    tx = torch.where(is_op["TranslateX"], torch.trunc(magnitude), zero)
-    ty = torch.where(is_op["TranslateY"], torch.trunc(magnitude), zero)
-    sx = torch.where(is_op["ShearX"], shear, zero)
-    sy = torch.where(is_op["ShearY"], shear, zero)
-    return inverse_affine(cx, cy, angle, tx, ty, sx, sy)
+@functools.lru_cache(maxsize=8192)
+def geometric_matrix(op: int, magnitude: float, height: int, width: int) -> tuple[float, ...]:
+    """Inverse matrix of geometric op id ``op`` with ``magnitude``, built exactly as torchvision's
+    AutoAugment dispatch does (``F.affine`` / ``F.rotate`` arguments)."""
+    name = OPS[op]
+    if name in ("ShearX", "ShearY"):  # center=[0, 0]: the top-left corner
+        deg = math.degrees(math.atan(magnitude))
+        shear = (deg, 0.0) if name == "ShearX" else (0.0, deg)
+        return inverse_affine((-width * 0.5, -height * 0.5), 0.0, (0.0, 0.0), shear)
+    if name in ("TranslateX", "TranslateY"):
+        t = float(int(magnitude))
+        return inverse_affine((0.0, 0.0), 0.0, (t, 0.0) if name == "TranslateX" else (0.0, t),
+                              (0.0, 0.0))
+    if name == "Rotate":  # F.rotate: angle % 360, then the matrix of -angle
+        return inverse_affine((0.0, 0.0), -(magnitude % 360), (0.0, 0.0), (0.0, 0.0))
+    raise ValueError(f"{name} is not a geometric operation")
+
+
+@functools.lru_cache(maxsize=64)
+def _base_grid(height: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """torchvision ``_affine_grid``'s (1, H·W, 3) base grid (pixel centres about the centre)."""
+    base = torch.empty(1, height, width, 3, dtype=dtype, device=device)
+    base[..., 0].copy_(
+        torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, steps=width, device=device)
+    )
+    base[..., 1].copy_(
+        torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height, device=device)
+        .unsqueeze_(-1)
+    )
+    base[..., 2].fill_(1)
+    return base.view(1, height * width, 3)
 
 
 def warp(images: Tensor, matrices: Tensor, interpolation: str) -> Tensor:
@@ -203,18 +224,12 @@ def warp(images: Tensor, matrices: Tensor, interpolation: str) -> Tensor:
     ``align_corners=False``."""
     n, _, h, w = images.shape
     dt, dev = images.dtype, images.device
-    base = torch.empty(1, h, w, 3, dtype=dt, device=dev)
-    base[..., 0].copy_(torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w, device=dev))
-    base[..., 1].copy_(
-        torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h, device=dev).unsqueeze_(-1)
-    )
-    base[..., 2].fill_(1)
     theta = matrices.to(dtype=dt).to(dev)
     scale = torch.tensor([0.5 * w, 0.5 * h], dtype=dt, device=dev)
     rescaled = theta.transpose(1, 2).div(scale)
     # bmm like torchvision's (a single GEMM over all samples rounds some nearest-pixel ties
     # differently)
-    grid = base.view(1, h * w, 3).expand(n, h * w, 3).bmm(rescaled).view(n, h, w, 2)
+    grid = _base_grid(h, w, dt, dev).expand(n, h * w, 3).bmm(rescaled).view(n, h, w, 2)
     return F.grid_sample(images, grid, mode=interpolation, padding_mode="zeros",
                          align_corners=False)
 
@@ -268,34 +283,44 @@ def _photometric(name: str, x: Tensor, m: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------- dispatch
 
+_IS_GEOMETRIC = torch.tensor([name in _GEOMETRIC for name in OPS])
+_GEOMETRIC_KEY = OP_ID["ShearX"]  # all geometric samples form one group under this key
+
 
 def apply_ops(images: Tensor, op: Tensor, magnitude: Tensor, interpolation: str) -> Tensor:
     """Apply per sample the global op ``op[i]`` (int64 (B,), CPU) with signed ``magnitude[i]``
-    (float64 (B,), CPU) to ``images`` (B, 3, H, W) float in [0, 1]. All geometric samples go
-    through one ``grid_sample``, every other op through one batched call over its samples;
-    ``Identity`` samples are returned bit-identical (and nothing is copied if all are)."""
+    (float64 (B,), CPU) to ``images`` (B, 3, H, W) float in [0, 1]. Samples are sorted by op
+    (one gather), every op runs once on its contiguous slice — all geometric ops together in one
+    ``grid_sample`` — and the results are scattered back once; ``Identity`` samples are returned
+    bit-identical (and nothing is copied if all are)."""
     h, w = images.shape[-2:]
-    active = op != IDENTITY
-    if not bool(active.any()):
+    if not bool((op != IDENTITY).any()):
         return images
-    out = images.clone()
+    key = torch.where(_IS_GEOMETRIC[op], _GEOMETRIC_KEY, op)
+    order = torch.argsort(key, stable=True)
+    counts = torch.bincount(key, minlength=len(OPS)).tolist()
     dev = images.device
-    geo = torch.zeros_like(active)
-    for name in _GEOMETRIC:
-        geo |= op == OP_ID[name]
-    groups: list[tuple[str, Tensor]] = []
-    if bool(geo.any()):
-        groups.append(("geometric", geo.nonzero().squeeze(1)))
-    for k in op[active & ~geo].unique().tolist():
-        groups.append((OPS[k], (op == k).nonzero().squeeze(1)))
-    for name, idx in groups:
-        x = images.index_select(0, idx.to(dev))
-        m = magnitude[idx]
-        if name == "geometric":
-            y = warp(x, geometric_matrices(op[idx], m, h, w), interpolation)
+    order_dev = order.to(dev)
+    x_sorted = images.index_select(0, order_dev)
+    op_sorted, mag_sorted = op[order], magnitude[order]
+    pieces, start = [], 0
+    for k, n in enumerate(counts):
+        if n == 0:
+            continue
+        sl = slice(start, start + n)
+        x = x_sorted[sl]
+        if k == IDENTITY:
+            y = x
+        elif k == _GEOMETRIC_KEY:
+            mats = [geometric_matrix(o, m, h, w)
+                    for o, m in zip(op_sorted[sl].tolist(), mag_sorted[sl].tolist(), strict=True)]
+            y = warp(x, torch.tensor(mats, dtype=x.dtype).view(n, 2, 3), interpolation)
         else:
-            y = _photometric(name, x, m)
-        out.index_copy_(0, idx.to(dev), y)
+            y = _photometric(OPS[k], x, mag_sorted[sl])
+        pieces.append(y)
+        start += n
+    out = torch.empty_like(images)
+    out.index_copy_(0, order_dev, torch.cat(pieces))
     return out
 
 
