@@ -8,12 +8,17 @@ Three ways per augmentation, batch 128, default small model on the built-in shap
 Repetitions are interleaved across augmentations; medians are reported.
 
     .venv/bin/python benchmarks/bench_train.py [--steps 20] [--reps 3] \
-        [--out benchmarks/results/train.md]
+        [--augs none,randaugment,...] [--out benchmarks/results/train.md]
+
+Augmentations without a torchvision per-image equivalent (cutout, saliencymix, resizemix, fmix,
+gridmask, label_smoothing) get no DataLoader columns. The load average before and after the run
+is recorded (the machine may be shared).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -25,6 +30,7 @@ from auglens.augment import build_augmentation
 from auglens.augment.reference import reference_transform
 from auglens.config import TrainConfig
 from auglens.data import build_shapes
+from auglens.errors import ConfigError
 from auglens.models import build_model
 from auglens.train.trainer import make_optimizer, soft_cross_entropy
 
@@ -39,7 +45,17 @@ AUGS = [
     "random_crop",
     "random_resized_crop",
     "hflip",
+    "randaugment",
+    "trivialaugment",
+    "autoaugment",
+    "augmix",
+    "random_erasing",
+    "gridmask",
+    "resizemix",
+    "fmix",
+    "label_smoothing",
 ]
+MIXED_BATCH = ("cutmix", "mixup")  # torchvision's versions mix a whole collated batch
 BATCH = 128
 
 
@@ -59,7 +75,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/train.md"))
+    ap.add_argument("--augs", default=",".join(AUGS), help="comma-separated names ('none' "
+                    "is always measured)")
     args = ap.parse_args()
+    augs = ["none"] + [a for a in args.augs.split(",") if a and a != "none"]
+    load_before = os.getloadavg()
     torch.set_num_threads(2)
     data = build_shapes(n_train=BATCH * args.steps, n_val=10, n_test=10)
     images, labels = data.train.images, data.train.labels
@@ -79,6 +99,7 @@ def main() -> None:
 
     def run_batched(name):
         aug = build_augmentation([{"name": name}])
+        aug.set_dataset_stats(data.mean, data.std)
         g = torch.Generator().manual_seed(0)
         t_aug = 0.0
         t0 = time.perf_counter()
@@ -92,8 +113,11 @@ def main() -> None:
         return (time.perf_counter() - t0) / args.steps, t_aug / args.steps
 
     def run_loader(name, workers):
-        t = reference_transform(name)
-        mix = name == "cutmix"
+        try:
+            t = reference_transform(name)
+        except ConfigError:
+            return None
+        mix = name in MIXED_BATCH
         ds = PerSample(images, labels, v2_identity() if mix else t)
         dl = torch.utils.data.DataLoader(
             ds, batch_size=BATCH, shuffle=False, num_workers=workers, persistent_workers=False
@@ -107,10 +131,10 @@ def main() -> None:
             step(x, y)
         return (time.perf_counter() - t0) / args.steps
 
-    res = {a: {"batched": [], "aug": [], "loader0": [], "loader2": []} for a in AUGS}
+    res = {a: {"batched": [], "aug": [], "loader0": [], "loader2": []} for a in augs}
     run_batched("none")  # warm-up
     for rep in range(args.reps):
-        for a in AUGS:
+        for a in augs:
             s, ta = run_batched(a)
             res[a]["batched"].append(s)
             res[a]["aug"].append(ta)
@@ -119,25 +143,36 @@ def main() -> None:
                 res[a]["loader2"].append(run_loader(a, 2))
         print(f"rep {rep + 1}/{args.reps} done", flush=True)
 
-    med = {a: {k: statistics.median(v) for k, v in r.items()} for a, r in res.items()}
+    def med_or_none(v):
+        return None if any(x is None for x in v) else statistics.median(v)
+
+    def fmt(v, f):
+        return "—" if v is None else f(v)
+
+    med = {a: {k: med_or_none(v) for k, v in r.items()} for a, r in res.items()}
     base = med["none"]["batched"]
+    load_after = os.getloadavg()
     lines = [
         f"Batch {BATCH}, {args.steps} steps × {args.reps} interleaved repetitions (medians), "
         f"small_resnet, shapes 32×32, CPU, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads.",
+        f"{torch.get_num_threads()} threads. Load average (1/5/15 min) before: "
+        + "/".join(f"{v:.1f}" for v in load_before) + ", after: "
+        + "/".join(f"{v:.1f}" for v in load_after) + f" ({os.cpu_count()} CPUs).",
         "",
         "| augmentation | batched img/s | step ms | aug ms | aug share of step | vs none | "
         "DataLoader img/s (0 workers) | (2 workers) | batched speed-up vs loader-0 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for a in AUGS:
+    for a in augs:
         m = med[a]
+        speedup = None if m["loader0"] is None else m["loader0"] / m["batched"]
         lines.append(
             f"| {a} | {BATCH / m['batched']:.0f} | {1e3 * m['batched']:.1f} | "
             f"{1e3 * m['aug']:.2f} | "
             f"{100 * m['aug'] / m['batched']:.1f} % | {m['batched'] / base:.3f}× | "
-            f"{BATCH / m['loader0']:.0f} | {BATCH / m['loader2']:.0f} | "
-            f"{m['loader0'] / m['batched']:.2f}× |"
+            f"{fmt(m['loader0'], lambda v: f'{BATCH / v:.0f}')} | "
+            f"{fmt(m['loader2'], lambda v: f'{BATCH / v:.0f}')} | "
+            f"{fmt(speedup, lambda v: f'{v:.2f}×')} |"
         )
     text = "\n".join(lines) + "\n"
     print(text)

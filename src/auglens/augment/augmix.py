@@ -135,7 +135,7 @@ class AugMix(Augmentation):
         op = params["op"].permute(1, 0, 2).reshape(k * n, d)
         mag = params["magnitude"].permute(1, 0, 2).reshape(k * n, d)
         for j in range(d):
-            x = apply_ops(x, op[:, j], mag[:, j], self.interpolation)
+            x = apply_ops(x, op[:, j], mag[:, j], self.interpolation, inplace=True)
         chains = x.view(k, *images.shape)
         dev, dt = images.device, images.dtype
         out = images * params["orig_weight"].to(device=dev, dtype=dt).view(n, 1, 1, 1)

@@ -45,8 +45,8 @@ class _Policy(Augmentation):
         op = torch.where(mask[:, None], op, IDENTITY)
         mag = torch.where(mask[:, None] & (op != IDENTITY), mag, 0.0)
         out = images
-        for k in range(op.shape[1]):
-            out = apply_ops(out, op[:, k], mag[:, k], self.interpolation)
+        for k in range(op.shape[1]):  # a copy at the first op that changes something
+            out = apply_ops(out, op[:, k], mag[:, k], self.interpolation, inplace=out is not images)
         return out, {"op": op, "magnitude": mag.float(), "applied": mask}
 
 

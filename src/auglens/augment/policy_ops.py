@@ -247,11 +247,11 @@ def sharpness(x: Tensor, factor: Tensor) -> Tensor:
     c, h, w = x.shape[-3:]
     if h <= 2 or w <= 2:
         return x
-    out = x.clone()
-    view = out[..., 1:-1, 1:-1]
+    inner = x[..., 1:-1, 1:-1]
     # (3x3 sum + 4·centre) / 13 (an average pool is much faster than a depthwise conv on CPU)
-    blurred = (F.avg_pool2d(x, 3, stride=1) * 9.0 + 4.0 * view) / 13.0
-    view.add_((blurred - view) * (1.0 - factor))
+    blurred = (F.avg_pool2d(x, 3, stride=1) * 9.0 + 4.0 * inner) / 13.0
+    out = x.clone()
+    out[..., 1:-1, 1:-1] = torch.lerp(blurred, inner, factor)  # f·x + (1 - f)·blur
     return out.clamp_(0.0, 1.0)
 
 
@@ -287,40 +287,42 @@ _IS_GEOMETRIC = torch.tensor([name in _GEOMETRIC for name in OPS])
 _GEOMETRIC_KEY = OP_ID["ShearX"]  # all geometric samples form one group under this key
 
 
-def apply_ops(images: Tensor, op: Tensor, magnitude: Tensor, interpolation: str) -> Tensor:
+def apply_ops(
+    images: Tensor, op: Tensor, magnitude: Tensor, interpolation: str, inplace: bool = False
+) -> Tensor:
     """Apply per sample the global op ``op[i]`` (int64 (B,), CPU) with signed ``magnitude[i]``
-    (float64 (B,), CPU) to ``images`` (B, 3, H, W) float in [0, 1]. Samples are sorted by op
-    (one gather), every op runs once on its contiguous slice — all geometric ops together in one
-    ``grid_sample`` — and the results are scattered back once; ``Identity`` samples are returned
-    bit-identical (and nothing is copied if all are)."""
+    (float64 (B,), CPU) to ``images`` (B, 3, H, W) float in [0, 1]. The non-Identity samples are
+    gathered once sorted by op, every op runs once on its contiguous slice — all geometric ops
+    together in one ``grid_sample`` — and writes its results back into a copy of ``images`` or,
+    if ``inplace``, into ``images`` itself. ``Identity`` samples stay
+    bit-identical; if all are Identity, ``images`` is returned as is."""
     h, w = images.shape[-2:]
-    if not bool((op != IDENTITY).any()):
+    active = op != IDENTITY
+    if not bool(active.any()):
         return images
     key = torch.where(_IS_GEOMETRIC[op], _GEOMETRIC_KEY, op)
-    order = torch.argsort(key, stable=True)
-    counts = torch.bincount(key, minlength=len(OPS)).tolist()
+    idx = active.nonzero().squeeze(1)
+    idx = idx[torch.argsort(key[idx], stable=True)]
+    counts = torch.bincount(key[idx], minlength=len(OPS)).tolist()
     dev = images.device
-    order_dev = order.to(dev)
-    x_sorted = images.index_select(0, order_dev)
-    op_sorted, mag_sorted = op[order], magnitude[order]
-    pieces, start = [], 0
+    idx_dev = idx.to(dev)
+    x_sorted = images.index_select(0, idx_dev)
+    op_sorted, mag_sorted = op[idx], magnitude[idx]
+    out = images if inplace else images.clone()
+    start = 0
     for k, n in enumerate(counts):
         if n == 0:
             continue
         sl = slice(start, start + n)
         x = x_sorted[sl]
-        if k == IDENTITY:
-            y = x
-        elif k == _GEOMETRIC_KEY:
+        if k == _GEOMETRIC_KEY:
             mats = [geometric_matrix(o, m, h, w)
                     for o, m in zip(op_sorted[sl].tolist(), mag_sorted[sl].tolist(), strict=True)]
             y = warp(x, torch.tensor(mats, dtype=x.dtype).view(n, 2, 3), interpolation)
         else:
             y = _photometric(OPS[k], x, mag_sorted[sl])
-        pieces.append(y)
+        out.index_copy_(0, idx_dev[sl], y)  # x_sorted holds the inputs: safe in place
         start += n
-    out = torch.empty_like(images)
-    out.index_copy_(0, order_dev, torch.cat(pieces))
     return out
 
 
