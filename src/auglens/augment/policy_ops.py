@@ -128,7 +128,12 @@ class OpSpace:
 
     def magnitudes(self, num_bins: int, height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
         """(global op id (n_ops,) int64, magnitudes (n_ops, num_bins) float64 — 0 for operations
-        without a magnitude — and signed (n_ops,) bool)."""
+        without a magnitude — and signed (n_ops,) bool); cached, do not modify."""
+        return _magnitude_tables(self.name, num_bins, height, width)
+
+    def build_tables(
+        self, num_bins: int, height: int, width: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
         ids, rows, signed = [], [], []
         for op, (fn, sgn) in self.table.items():
             m = fn(num_bins, height, width)
@@ -148,6 +153,13 @@ class OpSpace:
         mag = table[local_op, bins]
         mag = torch.where(signed[local_op] & (sign_u <= 0.5), -mag, mag)
         return ids[local_op], mag
+
+
+@functools.lru_cache(maxsize=256)
+def _magnitude_tables(
+    space: str, num_bins: int, height: int, width: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    return SPACES[space].build_tables(num_bins, height, width)
 
 
 SPACES = {
