@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -23,7 +24,12 @@ ALL = AUGMENTATIONS.names()
 EXPECTED = {
     "none", "affine", "cutmix", "color_jitter", "elastic", "equalize", "gaussian_blur",
     "random_crop", "cutout", "mixup", "saliencymix", "random_resized_crop", "hflip",
+    "randaugment", "trivialaugment", "autoaugment", "augmix", "random_erasing", "gridmask",
+    "resizemix", "fmix", "label_smoothing",
 }
+LABEL_ONLY = {"label_smoothing"}  # images unchanged: compare targets instead
+NO_REFERENCE = {"cutout", "saliencymix", "mixup", "resizemix", "fmix", "gridmask",
+                "label_smoothing"}
 BILINEAR = TF.InterpolationMode.BILINEAR
 B, K = 12, 5
 
@@ -40,7 +46,7 @@ def run(aug: Augmentation, images: torch.Tensor, targets: torch.Tensor, seed: in
 
 
 def make(name: str, **params) -> Augmentation:
-    if name == "equalize":
+    if name in ("equalize", "random_erasing", "gridmask"):
         params.setdefault("p", 1.0)
     aug = build_augmentation([{"name": name, **params}])
     aug.set_dataset_stats((0.5,) * 3, (0.25,) * 3)
@@ -55,7 +61,8 @@ def test_registered_names_and_describe():
     for name in ALL:
         d = AUGMENTATIONS.describe(name)
         assert "p" in d["params"] and d["doc"]
-        assert all(v is not None for v in d["params"].values()), name  # every param has a default
+        signature = inspect.signature(AUGMENTATIONS.get(name).__init__).parameters.values()
+        assert all(q.default is not q.empty for q in signature if q.name != "self"), name
     assert AUGMENTATIONS.describe("affine")["params"] == {
         "degrees": 15.0, "translate": 0.1, "scale": (0.9, 1.1), "shear": 0.0, "p": 1.0,
     }
@@ -93,7 +100,8 @@ def test_unapplied_samples_bit_identical(name):
     assert 0 < applied.sum() < 16
     assert torch.equal(out[~applied], images[~applied])
     assert torch.equal(t[~applied], targets[~applied])
-    assert not torch.equal(out[applied], images[applied])
+    changed = t if name in LABEL_ONLY else out
+    assert not torch.equal(changed[applied], (targets if name in LABEL_ONLY else images)[applied])
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -104,7 +112,7 @@ def test_deterministic_given_seed(name):
     b = run(aug, images, targets, seed=7)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert a[2].keys() == b[2].keys() and all(torch.equal(a[2][k], b[2][k]) for k in a[2])
-    if name not in ("none", "equalize"):
+    if name not in {"none", "equalize"} | LABEL_ONLY:
         c = run(aug, images, targets, seed=8)
         assert not torch.equal(a[0], c[0])
 
@@ -477,7 +485,7 @@ def test_beta_sampler_moments():
 # ---------------------------------------------------------------- reference transforms
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED - {"cutout", "saliencymix", "mixup"}))
+@pytest.mark.parametrize("name", sorted(EXPECTED - NO_REFERENCE))
 def test_reference_transforms_run(name):
     images, targets = batch(b=4, h=32, w=32)
     ref = reference_transform(name, **({"p": 1.0} if name == "equalize" else {}))
@@ -509,5 +517,9 @@ def test_cuda_matches_cpu(name):
     cpu = run(aug, images, targets, seed=5)
     gpu = run(aug, images.cuda(), targets.cuda(), seed=5)
     assert gpu[0].device.type == "cuda"
-    torch.testing.assert_close(gpu[0].cpu(), cpu[0], atol=1e-4, rtol=0)
+    if name in ("randaugment", "trivialaugment", "autoaugment", "fmix"):
+        # nearest-neighbour sampling / mask ranks: a float-rounding tie may pick another pixel
+        assert ((gpu[0].cpu() - cpu[0]).abs() > 1e-4).float().mean() < 0.01
+    else:
+        torch.testing.assert_close(gpu[0].cpu(), cpu[0], atol=1e-4, rtol=0)
     torch.testing.assert_close(gpu[1].cpu(), cpu[1])

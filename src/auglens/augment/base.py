@@ -38,6 +38,9 @@ class Augmentation:
 
     name: ClassVar[str] = ""
     mixes_labels: ClassVar[bool] = False
+    #: Extra augmented views that a consistency loss needs (AugMix with ``jsd=True``: 2). 0: the
+    #: trainer calls the augmentation; > 0: it calls ``views`` instead (see ``AugMix.views``).
+    consistency_views: int = 0
 
     def __init__(self, p: float = 1.0) -> None:
         if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
@@ -67,6 +70,13 @@ class Augmentation:
         """Hook for the trainer: the dataset's per-channel mean and std of images in [0, 1], i.e.
         the normalisation applied after augmentation. Default: ignored (``Compose`` forwards it;
         ``cutout`` with ``fill="mean"`` needs it)."""
+
+    def views(
+        self, images: Tensor, targets: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, list[Tensor], AugLog]:
+        """``(clean images, targets, [consistency_views extra views], log)`` for consistency
+        training; only augmentations with ``consistency_views > 0`` implement it."""
+        raise NotImplementedError(f"{type(self).__name__} makes no consistency views")
 
     def draw_apply_mask(self, batch: int, generator: torch.Generator) -> Tensor:
         """bool (B,) on CPU: which samples get the augmentation (probability ``p``)."""

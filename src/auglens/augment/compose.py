@@ -41,6 +41,15 @@ class Compose(Augmentation):
         super().__init__(1.0)
         self.augmentations = list(augmentations)
         self.mixes_labels = any(a.mixes_labels for a in self.augmentations)  # type: ignore[misc]
+        for aug in self.augmentations[:-1]:
+            if aug.consistency_views:
+                raise ConfigError(
+                    f"'{aug.name}' makes consistency views (jsd) and must be the last "
+                    "augmentation of the list"
+                )
+        self.consistency_views = (
+            self.augmentations[-1].consistency_views if self.augmentations else 0
+        )
         seen: dict[str, int] = {}
         self.prefixes: list[str] = []
         for aug in self.augmentations:
@@ -56,6 +65,21 @@ class Compose(Augmentation):
             images, targets, sub = aug(images, targets, generator)
             log.update({f"{prefix}.{k}": v for k, v in sub.items()})
         return images, targets, log
+
+    def views(
+        self, images: Tensor, targets: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, list[Tensor], AugLog]:
+        """All members but the last applied as usual (shared by the clean image and the views),
+        then the last member's ``views``; logs prefixed as in ``apply``."""
+        log: AugLog = {}
+        pairs = list(zip(self.prefixes, self.augmentations, strict=True))
+        for prefix, aug in pairs[:-1]:
+            images, targets, sub = aug(images, targets, generator)
+            log.update({f"{prefix}.{k}": v for k, v in sub.items()})
+        prefix, last = pairs[-1]
+        clean, targets, extra, sub = last.views(images, targets, generator)
+        log.update({f"{prefix}.{k}": v for k, v in sub.items()})
+        return clean, targets, extra, log
 
     def set_dataset_stats(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """Forward the dataset statistics to every member."""

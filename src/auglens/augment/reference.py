@@ -8,7 +8,12 @@ versions: ``color_jitter`` — torchvision applies the four adjustments in a ran
 too small for its smoothing kernel (ours caps the radius); ``cutmix`` and ``mixup`` — one λ (and
 box) per batch, ``p`` is per batch, and ``label_mixing=False`` has no torchvision equivalent
 (ConfigError). ``cutout`` and ``saliencymix`` have none at all. Affine and elastic use
-``fill=None`` so that borders match our plain zero-padding ``grid_sample``.
+``fill=None`` so that borders match our plain zero-padding ``grid_sample``. ``randaugment``,
+``trivialaugment``, ``autoaugment``, ``augmix`` (``jsd=False`` only): the same operations and
+tables (torchvision applies them to float images the same way). ``random_erasing``: torchvision
+runs after ``Normalize``: ``value="mean"`` maps to its value=0 and ``"random"`` to its N(0, 1)
+(the same meaning after Normalize; the DataLoader benchmark feeds [0, 1] images: same cost).
+``resizemix``, ``fmix``, ``gridmask``, ``label_smoothing`` have no torchvision equivalent.
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from ..errors import ConfigError
+from .augmix import AugMix
 from .compose import build_augmentation
+from .erasing import RandomErasing
 from .geometric import Affine, Elastic, HorizontalFlip, RandomCrop, RandomResizedCrop
 from .mixing import CutMix, Mixup
 from .photometric import ColorJitter, GaussianBlur
+from .policies import AutoAugment, RandAugment, TrivialAugmentWide
 
 
 class ResizedCropToInput(torch.nn.Module):
@@ -108,4 +116,27 @@ def reference_transform(name: str, **params: Any) -> Any:
         if not aug.label_mixing:
             raise ConfigError("mixup: label_mixing=False has no torchvision reference transform")
         return _maybe(v2.MixUp(alpha=aug.alpha), p)
+    if isinstance(aug, RandAugment):
+        t = v2.RandAugment(aug.num_ops, aug.magnitude, aug.num_magnitude_bins,
+                           interpolation=v2.InterpolationMode(aug.interpolation))
+        return _maybe(t, p)
+    if isinstance(aug, TrivialAugmentWide):
+        t = v2.TrivialAugmentWide(aug.num_magnitude_bins,
+                                  interpolation=v2.InterpolationMode(aug.interpolation))
+        return _maybe(t, p)
+    if isinstance(aug, AutoAugment):
+        t = v2.AutoAugment(v2.AutoAugmentPolicy(aug.policy),
+                           interpolation=v2.InterpolationMode(aug.interpolation))
+        return _maybe(t, p)
+    if isinstance(aug, AugMix):
+        if aug.jsd:
+            raise ConfigError("augmix: jsd=True has no torchvision reference transform")
+        t = v2.AugMix(aug.severity, aug.mixture_width, aug.chain_depth, aug.alpha, aug.all_ops,
+                      interpolation=v2.InterpolationMode(aug.interpolation))
+        return _maybe(t, p)
+    if isinstance(aug, RandomErasing):
+        value: Any = list(aug.value) if isinstance(aug.value, tuple) else aug.value
+        if value == "mean":
+            value = 0.0
+        return v2.RandomErasing(p=p, scale=aug.scale, ratio=aug.ratio, value=value)
     raise ConfigError(f"no reference transform for augmentation '{name}'")
