@@ -278,6 +278,14 @@ class CellConfig(_Strict):
     def _augment(cls, v: list[AugSpec]) -> list[AugSpec]:
         return _check_augment(v)
 
+    @model_validator(mode="after")
+    def _one_smoothing(self) -> CellConfig:
+        if self.train.label_smoothing and any(a.get("name") == "label_smoothing"
+                                              for a in self.augment):
+            raise ValueError("train.label_smoothing and the label_smoothing augmentation would "
+                             "smooth the labels twice; use one of them")
+        return self
+
     def content_hash(self) -> str:
         return config_hash(self.model_dump(mode="json"))
 
@@ -320,6 +328,11 @@ class ExperimentConfig(_Strict):
             raise ValueError(
                 f"seeds must be a non-empty list of distinct integers, got {self.seeds}"
             )
+        for name, spec in self.variants.items():
+            if self.train.label_smoothing and any(a.get("name") == "label_smoothing"
+                                                  for a in spec):
+                raise ValueError(f"variant '{name}': train.label_smoothing and the "
+                                 "label_smoothing augmentation would smooth the labels twice")
         valid = {f"{v}/seed{s}" for v in self.variants for s in self.seeds}
         bad = [c for c in self.analysis.exclude if c not in valid]
         if bad:

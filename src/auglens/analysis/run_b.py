@@ -31,7 +31,7 @@ from .study_a import _matrix, _row
 #: Study B metrics plotted against accuracy
 ACCURACY_METRICS_B = ("energy_pointing_game", "effective_heat_ratio", "delta_del", "delta_ins")
 #: augmentations whose variants form Study B's label-mixing pairs
-MIXING = ("cutout", "mixup", "cutmix", "saliencymix")
+MIXING = ("cutout", "mixup", "cutmix", "saliencymix", "resizemix", "fmix")
 ALIGNMENT_METRICS = ("energy_pointing_game", "effective_heat_ratio")
 FILTER_INPUTS = ("box_fraction", "target_prob")
 CONVENTIONS = {

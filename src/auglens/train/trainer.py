@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..augment import build_augmentation
+from ..augment import build_augmentation, jsd_consistency_loss
 from ..config import CellConfig, TrainConfig
 from ..data import DATASETS, Dataset, ImageSet
 from ..data.images import iter_batches
@@ -224,16 +224,25 @@ def train_cell(
                 idx_d = idx.to(device)
                 x = xb.float().div_(255)
                 y = F.one_hot(train_labels[idx_d], data.num_classes).float()
-                x, y, log = augment(x, y, aug_gen)
+                extra: list[Tensor] = []
+                if augment.consistency_views:  # AugMix + JSD: clean and augmented views
+                    x, y, extra, log = augment.views(x, y, aug_gen)
+                else:
+                    x, y, log = augment(x, y, aug_gen)
                 if log:
                     logs.append(_log_rows(log, idx, epoch, step))
-                x = data.normalize(x).contiguous(memory_format=layout)
+                x = data.normalize(torch.cat([x, *extra]) if extra else x)
+                x = x.contiguous(memory_format=layout)
                 f = lr_factor(tc, step, total, steps_per_epoch) * rule.lr_factor
                 for g, lr in zip(opt.param_groups, base_lrs, strict=True):
                     g["lr"] = lr * f
                 with autocast(device, precision):
-                    logits = model(x)
+                    logits = model(x)  # one forward over every view: BN sees all (authors)
+                if extra:
+                    logits, *views = logits.split(len(idx))
                 loss = soft_cross_entropy(logits, y, tc.label_smoothing)
+                if extra:
+                    loss = loss + jsd_consistency_loss(logits, *views)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}")
                 opt.zero_grad(set_to_none=True)
