@@ -97,3 +97,13 @@ def test_every_shipped_preset_is_a_valid_experiment():
     assert set(quick.variants) <= set(standard.variants)
     assert len(standard.variants) == 14  # baseline + 7 Study A + 6 Study B
     assert {"affine", "cutmix", "cutmix_hard"} <= set(quick.variants)
+
+
+def test_a_variant_given_twice_is_refused_not_collapsed(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("variants:\n  baseline: []\n  affine: [{name: affine}]\n"
+                    "  affine: [{name: cutmix}]\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'affine' \(first at line 3\).*"
+                                          r"\(line 4, column 3\)") as e:
+        read_yaml(path)
+    assert "\n" not in str(e.value)

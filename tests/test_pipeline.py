@@ -122,8 +122,12 @@ def test_lock_refuses_a_second_run(reference, capsys):
 def test_bad_force_and_set_keys(reference, capsys):
     exp = reference.parent / "exp.yaml"
     assert main(["run", str(exp), "--out", str(reference), "--force", "trian", "--quiet"]) == 2
-    assert ("unknown stage 'trian' for --force; valid stages: train, explain, compare, evaluate, "
-            "dissect, report") in capsys.readouterr().err
+    assert ("argument --force: invalid choice: 'trian' (choose from 'train', 'explain', "
+            "'compare', 'evaluate', 'dissect', 'report')") in capsys.readouterr().err
+    for bad in (["--n-images", "0"], ["--workers", "-1"], ["--executor", "dask"]):
+        assert main(["run", str(exp), "--out", str(reference), "--dry-run", *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("auglens: error: argument")
     assert main(["run", str(exp), "--out", str(reference), "--set", "train.epoch=2"]) == 2
     assert "train.epoch: unknown field" in capsys.readouterr().err
     assert main(["run", "--preset", "nope"]) == 2

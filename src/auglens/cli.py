@@ -6,6 +6,7 @@ Every user error exits 2 with a one-line message."""
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 from importlib import resources
@@ -397,9 +398,29 @@ def _ci_cell(summary, variant: str, metric: str, reference: str = "final",
     return f"{r['mean']:.2f} [{r.ci_low:.2f},{r.ci_high:.2f}] {verdict}".rstrip()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's one-line errors: ``auglens: error: …`` and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"auglens: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="auglens", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    from .executors import EXECUTORS
+    from .pipeline import STAGES
+
+    p = _Parser(prog="auglens", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser(
         "list", help="registered datasets, models, augmentations and their parameters"
@@ -428,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", action="append", default=None,
         help="explainer (repeatable; default: the experiment's explain.methods)"
     )
-    s.add_argument("--n-images", type=int, default=None, help="first N test images (default all)")
+    s.add_argument("--n-images", type=_positive_int, default=None,
+                   help="first N test images (default all)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.set_defaults(func=cmd_explain)
 
@@ -469,16 +491,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--method", action="append", default=None,
                    help="explainer (repeatable; default: the experiment's explain.methods)")
-    s.add_argument("--n-images", type=int, default=None, help="explain the first N test images")
+    s.add_argument("--n-images", type=_positive_int, default=None,
+                   help="explain the first N test images")
     s.add_argument("--seeds", default=None, metavar="LIST",
                    help="override the seeds, e.g. 3,4,5 or 3-5 (a replication with disjoint "
                         "seeds: see `auglens replicate`)")
-    s.add_argument("--force", action="append", default=[], metavar="STAGE",
-                   help="recompute a stage: train, explain, compare, evaluate, dissect or "
-                        "report (repeatable)")
+    s.add_argument("--force", action="append", default=[], choices=STAGES,
+                   help="recompute a stage (repeatable)")
     s.add_argument("--dry-run", action="store_true", help="print the grid and what is cached")
-    s.add_argument("--executor", default="local", help="local (default) or ray")
-    s.add_argument("--workers", type=int, default=None,
+    s.add_argument("--executor", default="local", choices=EXECUTORS,
+                   help="where tasks run (default local)")
+    s.add_argument("--workers", type=_positive_int, default=None,
                    help="local worker processes (default: one per CPU core, at most 8; 1 with "
                         "CUDA)")
     s.add_argument("--address", default=None, help="Ray cluster address (default: start one)")
@@ -496,7 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad argument (one line printed already)
+        return int(e.code or 0)
     try:
         return args.func(args)
     except AuglensError as e:
@@ -505,6 +531,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("auglens: interrupted; finished cells are kept", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"auglens: error: no space left on the device{where}; nothing written before was "
+              "lost (every file is written to a temporary name and renamed) — free space and "
+              "run the same command again to resume", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -101,3 +103,25 @@ class Dataset:
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         return (x - mean) / std
+
+
+def channel_stats(images: np.ndarray, source: str = "training split"
+                  ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Exact per-channel (mean, std) of uint8 (N, 3, H, W) images scaled to [0, 1]. A channel
+    with zero variance (every pixel equal) cannot be normalised: an AuglensError says so."""
+    values = np.arange(256, dtype=np.float64) / 255.0
+    mean, std = [], []
+    for c in range(3):
+        hist = np.bincount(images[:, c].ravel(), minlength=256).astype(np.float64)
+        p = hist / hist.sum()
+        m = float(p @ values)
+        mean.append(m)
+        std.append(math.sqrt(max(float(p @ (values - m) ** 2), 0.0)))
+    flat = [name for name, sd in zip("RGB", std, strict=True) if sd == 0]
+    if flat:
+        raise AuglensError(
+            f"the {source}'s channel {'/'.join(flat)} has zero variance (every pixel "
+            f"{round(mean['RGB'.index(flat[0])] * 255)}): normalising by its standard deviation "
+            "would divide by zero; the images are probably constant (check that they decode), "
+            "or use the dataset's fixed normalization (e.g. normalization: imagenet / standard)")
+    return tuple(mean), tuple(std)  # type: ignore[return-value]

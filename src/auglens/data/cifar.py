@@ -32,8 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import AuglensError, ConfigError
-from .base import DATASETS, Dataset, ImageSet
-from .shapes import _channel_stats
+from .base import DATASETS, Dataset, ImageSet, channel_stats
 
 #: Commonly quoted per-channel mean/std of the full official training sets (pixels in [0, 1]).
 STANDARD_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -252,7 +251,7 @@ def _build(
 
     train = split(tr_x, tr_y, train_idx)
     if normalization == "train":
-        mean, std = _channel_stats(train.images.numpy())
+        mean, std = channel_stats(train.images.numpy())
     else:
         mean, std = STANDARD_STATS[name]
     return Dataset(

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from ..errors import AuglensError, ConfigError
-from .base import DATASETS, Dataset, ImageSet
+from .base import DATASETS, Dataset, ImageSet, channel_stats
 from .cifar import stratified_order
 from .images import (
     IMAGE_EXTENSIONS,
@@ -69,7 +69,6 @@ from .images import (
     image_size,
     pixel_range,
 )
-from .shapes import _channel_stats
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -523,7 +522,7 @@ def build_imagefolder(
             pick = np.sort(np.random.default_rng(0).permutation(n)[: min(n, _STATS_SAMPLE)])
             tr = tr[pick]
             info["stats_images"] = int(pick.size)
-        mean, std = _channel_stats(tr.numpy())
+        mean, std = channel_stats(tr.numpy())
     info["sizes"] = {k: len(v) for k, v in sets.items()}
     info["build_seconds"] = time.perf_counter() - t0
     return Dataset(

@@ -14,10 +14,13 @@ Files are resized with Pillow's bilinear filter, which is antialiased when downs
 torchvision, equal up to ±1). A point (x, y) in original pixel-edge coordinates (pixel i spans
 [i, i+1)) maps to ``(x * w'/W - left, y * h'/H - top)``; `Geometry.map_box` applies that to boxes.
 
-Decoding: Pillow (JPEG, PNG, WEBP, BMP, TIFF, ...; grey, palette, CMYK and alpha converted to RGB;
-torchvision's decoders are deprecated since 0.29). A file Pillow cannot decode, including a
-truncated one, is *corrupt*: `CorruptImageError` names it. EXIF orientation is not applied (boxes
-refer to the stored pixel grid).
+Decoding: Pillow (JPEG, PNG, WEBP, BMP, TIFF, ...; torchvision's decoders are deprecated since
+0.29), then `to_rgb`: EXIF orientation applied (so boxes refer to the image as displayed),
+16-bit images scaled to 8 bits (v → round(v · 255 / 65535)), float images in [0, 1] scaled by 255,
+anything with transparency (RGBA, LA, PA, palette with a transparent colour) composited over black,
+grey / bilevel / palette / CMYK / YCbCr converted by Pillow. A file Pillow cannot decode, including
+a truncated one, is *corrupt*: `CorruptImageError` names it; a mode with no faithful 8-bit RGB
+conversion (e.g. 32-bit integers beyond 16 bits, floats outside [0, 1]) names the file and mode.
 
 `LazyImages` holds file paths and decodes on demand with a thread pool (``workers`` threads; 0 =
 in the calling thread), optionally through an on-disk cache (`ImageFiles`): one file per file
@@ -51,7 +54,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm",
 )  # fmt: skip
 #: Bump when decoded pixels change for the same file and geometry (invalidates disk caches).
-DECODER_VERSION = 2
+DECODER_VERSION = 3
 _CACHE_ALIGN = 4096
 
 
@@ -62,15 +65,57 @@ class CorruptImageError(AuglensError):
 # ----------------------------------------------------------------------------- decoding
 
 
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def to_rgb(im: Any, name: str = "image") -> Any:
+    """A loaded ``PIL.Image`` of any mode → an 8-bit RGB ``PIL.Image`` (module docstring:
+    orientation, 16-bit and float scaling, alpha over black); ``name`` appears in errors."""
+    from PIL import Image, ImageOps
+
+    im = ImageOps.exif_transpose(im)
+    mode = im.mode
+    if mode in _SIXTEEN_BIT or mode in ("I", "F"):
+        a = np.asarray(im)
+        if mode == "F":
+            if not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+                raise CorruptImageError(f"{name}: float image (mode F) with values outside "
+                                        "[0, 1]; convert it to 8-bit first")
+            grey = np.rint(a.astype(np.float64) * 255)
+        else:
+            a = a.astype(np.int64)
+            if a.min() < 0 or a.max() > 65535:
+                raise CorruptImageError(f"{name}: 32-bit integer image (mode {mode}) with values "
+                                        "outside 0..65535; convert it to 8 or 16 bits first")
+            grey = (a * 255 + 32767) // 65535  # round(v · 255 / 65535)
+        grey = grey.astype(np.uint8)
+        return Image.fromarray(np.repeat(grey[..., None], 3, axis=2), "RGB")
+    if mode in _ALPHA or (mode == "P" and "transparency" in im.info):
+        a = np.asarray(im.convert("RGBA"), dtype=np.uint32)
+        rgb = (a[..., :3] * a[..., 3:] + 127) // 255  # over black, rounded
+        return Image.fromarray(rgb.astype(np.uint8), "RGB")
+    if mode == "RGB":
+        return im
+    try:
+        return im.convert("RGB")
+    except ValueError as e:
+        raise CorruptImageError(f"{name}: image mode {mode} cannot be converted to RGB "
+                                f"({e})") from None
+
+
 def _open_rgb(path: str | os.PathLike) -> Any:
-    """Decode a file with Pillow → loaded RGB ``PIL.Image``; errors name the file."""
+    """Decode a file with Pillow → loaded 8-bit RGB ``PIL.Image`` (`to_rgb`); errors name the
+    file."""
     from PIL import Image
 
     path = Path(path)
     try:
         with Image.open(path) as im:
             im.load()
-            return im if im.mode == "RGB" else im.convert("RGB")
+            return to_rgb(im, str(path))
+    except CorruptImageError:
+        raise
     except FileNotFoundError:
         raise AuglensError(f"image not found: {path}") from None
     except PermissionError as e:
@@ -84,19 +129,22 @@ def _to_tensor(arr: np.ndarray) -> Tensor:
 
 
 def decode_file(path: str | os.PathLike) -> Tensor:
-    """Decode one image file with Pillow → uint8 (3, H, W) RGB (grey, palette, CMYK and alpha
-    images converted). Missing or undecodable (e.g. truncated) files raise an AuglensError naming
-    the file (`CorruptImageError` for undecodable ones)."""
+    """Decode one image file with Pillow → uint8 (3, H, W) RGB (`to_rgb`). Missing or
+    undecodable (e.g. truncated) files raise an AuglensError naming the file
+    (`CorruptImageError` for undecodable ones)."""
     return _to_tensor(np.asarray(_open_rgb(path)))
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) of an image file from its header (nothing is decoded)."""
+    """(width, height) of an image file as displayed (EXIF orientation 5–8 swaps them), from its
+    header (nothing is decoded)."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            return int(im.size[0]), int(im.size[1])
+            w, h = int(im.size[0]), int(im.size[1])
+            orientation = im.getexif().get(0x0112, 1)
+            return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     except FileNotFoundError:
         raise AuglensError(f"image not found: {path}") from None
     except Exception as e:  # noqa: BLE001

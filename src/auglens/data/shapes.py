@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .base import DATASETS, Dataset, ImageSet
+from .base import DATASETS, Dataset, ImageSet, channel_stats
 
 #: Bump when the generated images change for the same parameters (invalidates caches).
 GENERATOR_VERSION = 2
@@ -471,19 +471,6 @@ def _save_cache(path: Path, params: dict, arrays: dict[str, np.ndarray]) -> bool
 # ----------------------------------------------------------------------------- builder
 
 
-def _channel_stats(images: np.ndarray) -> tuple[tuple[float, float, float], ...]:
-    """Exact per-channel (mean, std) of uint8 (N, 3, H, W) images scaled to [0, 1]."""
-    values = np.arange(256, dtype=np.float64) / 255.0
-    mean, std = [], []
-    for c in range(3):
-        hist = np.bincount(images[:, c].ravel(), minlength=256).astype(np.float64)
-        p = hist / hist.sum()
-        m = float(p @ values)
-        mean.append(m)
-        std.append(math.sqrt(max(float(p @ (values - m) ** 2), 0.0)))
-    return tuple(mean), tuple(std)  # type: ignore[return-value]
-
-
 def _check_int(name: str, value: object, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or not lo <= value <= hi:
         raise ConfigError(f"shapes: {name} must be an integer in [{lo}, {hi}], got {value!r}")
@@ -549,7 +536,7 @@ def build_shapes(
         )
         for split in SPLITS
     }
-    mean, std = _channel_stats(arrays["train/images"])
+    mean, std = channel_stats(arrays["train/images"])
     return Dataset(
         name="shapes",
         train=sets["train"],
