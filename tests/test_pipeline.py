@@ -207,7 +207,8 @@ def test_ray_executor_equals_local(reference, tmp_path):
     pytest.importorskip("ray")
     from auglens.config import ExperimentConfig, load_config
     from auglens.executors import RayExecutor
-    from auglens.pipeline import Reporter, run_pipeline
+    from auglens.pipeline import run_pipeline
+    from auglens.progress import Reporter
 
     exp = load_config(ExperimentConfig, EXP)
     ex = RayExecutor(num_cpus=1, init_kwargs={"num_cpus": 2})
@@ -234,7 +235,8 @@ def test_local_worker_processes_equal_in_process(reference, tmp_path):
 def test_progress_events_reach_the_reporter_from_workers(tmp_path, workers):
     from auglens.config import ExperimentConfig, load_config
     from auglens.executors import LocalExecutor
-    from auglens.pipeline import Reporter, run_pipeline
+    from auglens.pipeline import run_pipeline
+    from auglens.progress import Reporter
 
     class Recorder(Reporter):
         def __init__(self):

@@ -15,11 +15,11 @@ from safetensors.torch import save_file  # noqa: E402
 
 from auglens.analysis.run_a import analyse_study_a  # noqa: E402
 from auglens.config import ExperimentConfig, load_config  # noqa: E402
-from auglens.explain.store import explain_grid, explanation_path, read_explanation  # noqa: E402
+from auglens.explain.store import read_explanation  # noqa: E402
+from auglens.pipeline import run_subset  # noqa: E402
 from auglens.report import build_report  # noqa: E402
 from auglens.report.html import Section, table_html, table_md  # noqa: E402
-from auglens.train.grid import train_grid
-from auglens.train.matching import performance_table  # noqa: E402
+from auglens.rundir import RunDir  # noqa: E402
 
 TINY = {
     "name": "tiny-report",
@@ -46,10 +46,10 @@ STUDY_B_TABLES = ["interpretability", "summary_b", "alignment_counts", "curves",
 def _write_iba(out, exp):
     """IBA-format explanation files (derived from the Grad-CAM maps: the report only reads them)."""
     for variant, seed, _ in exp.cells():
-        t, meta = read_explanation(explanation_path(out, "gradcam", variant, seed))
+        t, meta = read_explanation(RunDir(out).explanation("gradcam", variant, seed))
         t = dict(t)
         t["maps"] = (t["maps"].float() ** 2 + 0.1).to(torch.float16).contiguous()
-        path = explanation_path(out, "iba", variant, seed)
+        path = RunDir(out).explanation("iba", variant, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(t, str(path), metadata=meta | {"method": "iba"})
 
@@ -111,14 +111,8 @@ def full_run(tmp_path_factory):
     exp = load_config(ExperimentConfig, TINY)
     # the pipeline's train → explain → compare, step by step (Study B tables are synthetic)
     (out / "experiment.json").write_text(json.dumps(exp.model_dump(mode="json")))
-    train_grid(exp, out)
-    records = {(v, s): json.loads((out / "cells" / v / f"seed{s}" / "record.json").read_text())
-               for v, s, _ in exp.cells()}
-    (out / "tables").mkdir()
-    performance_table(records).to_parquet(out / "tables" / "performance.parquet", index=False)
-    explain_grid(exp, out)
+    run_subset(exp, out, ("train", "explain"))  # also writes tables/performance.parquet
     analyse_study_a(exp, out, n_boot=200)
-    (out / "stages").mkdir()
     (out / "stages" / "timings.json").write_text(json.dumps(
         {"train": 2.5, "explain": 0.4, "compare": 3.0, "evaluate": 20.0, "skipped": {}}))
     _write_iba(out, exp)

@@ -11,8 +11,9 @@ from scipy import stats
 from auglens.analysis.run_a import analyse_study_a
 from auglens.cli import main
 from auglens.config import ExperimentConfig, load_config
-from auglens.explain.store import explain_grid, explanation_path, read_explanation
-from auglens.train.grid import train_grid
+from auglens.explain.store import read_explanation
+from auglens.pipeline import run_subset
+from auglens.rundir import RunDir
 
 TINY = {
     "name": "tiny",
@@ -32,8 +33,7 @@ TINY = {
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     exp = load_config(ExperimentConfig, TINY)
-    train_grid(exp, out)
-    explain_grid(exp, out)
+    run_subset(exp, out, ("train", "explain"))
     (out / "experiment.json").write_text(json.dumps(exp.model_dump(mode="json")))
     paths = analyse_study_a(exp, out, n_boot=200)
     return exp, out, paths
@@ -70,17 +70,19 @@ def test_every_table_and_plot_is_written(run):
         "metric",
         "value",
     ]
-    assert set(sim.reference) == {"baseline", "baseline_seed_1"}
-    # 2 augmentations × 2 seeds + 1 noise-floor pair, × 2 targets, × 48 images per metric
-    assert (sim.metric == "pearson").sum() == (2 * 2 + 1) * 2 * 48
+    assert set(sim.reference) == {"baseline", "baseline_seed_1", "matched_baseline"}
+    # 2 augmentations × 2 seeds (vs the final and the accuracy-matched baseline) + 1 noise-floor
+    # pair, × 2 targets, × 48 images per metric
+    assert (sim.metric == "pearson").sum() == (2 * 2 * 2 + 1) * 2 * 48
 
 
 def test_similarity_values_equal_direct_computation(run):
     exp, out, paths = run
     sim = pd.read_parquet(paths["similarity"])
-    a = read_explanation(explanation_path(out, "gradcam", "affine", 1))[0]
-    b = read_explanation(explanation_path(out, "gradcam", "baseline", 1))[0]
-    rows = sim[(sim.variant == "affine") & (sim.seed == 1) & (sim.target == "predicted")]
+    a = read_explanation(RunDir(out).explanation("gradcam", "affine", 1))[0]
+    b = read_explanation(RunDir(out).explanation("gradcam", "baseline", 1))[0]
+    rows = sim[(sim.variant == "affine") & (sim.seed == 1) & (sim.target == "predicted")
+               & (sim.reference == "baseline")]
     for i in (0, 7, 31):
         x, y = a["maps"][i].double().flatten().numpy(), b["maps"][i].double().flatten().numpy()
         got = rows[(rows.image_id == i)].set_index("metric")["value"]
@@ -94,6 +96,7 @@ def test_similarity_values_equal_direct_computation(run):
     per = pd.read_parquet(paths["similarity_seed_mean"])
     both = sim[
         (sim.variant == "affine")
+        & (sim.reference == "baseline")
         & (sim.target == "predicted")
         & (sim.metric == "mad")
         & (sim.image_id == 5)
@@ -137,9 +140,9 @@ def test_noise_floor_and_summary(run):
 
 def test_explain_is_cached_and_cli_compare_runs(run, capsys):
     exp, out, _ = run
-    p = explanation_path(out, "gradcam", "baseline", 0)
+    p = RunDir(out).explanation("gradcam", "baseline", 0)
     before = p.stat().st_mtime_ns
-    explain_grid(exp, out)
+    run_subset(exp, out, ("explain",))
     assert p.stat().st_mtime_ns == before
     assert main(["compare", str(out)]) == 0
     assert "wrote tables" in capsys.readouterr().out

@@ -16,19 +16,14 @@ from auglens.analysis.run_b import (
 )
 from auglens.cli import main
 from auglens.config import ExperimentConfig, load_config
-from auglens.explain.iba import Estimator, fit_estimator, model_fingerprint
-from auglens.explain.store import (
-    estimator_path,
-    explain_cell,
-    explain_grid,
-    explanation_path,
-    load_cell_model,
-    read_explanation,
-)
+from auglens.data import load_dataset
+from auglens.explain.iba import Estimator, fit_estimator
+from auglens.explain.store import explain_cell, read_explanation
 from auglens.metrics import deletion_insertion_curves, dissect, faithfulness_scores
-from auglens.metrics.store import dissect_cell, evaluate_cell, evaluation_path
-from auglens.train.grid import cell_dir, train_grid
-from auglens.train.trainer import load_dataset
+from auglens.metrics.store import dissect_cell, evaluate_cell
+from auglens.models import load_model
+from auglens.pipeline import run_subset
+from auglens.rundir import RunDir
 
 TINY = {
     "name": "tinyb",
@@ -53,8 +48,7 @@ TINY = {
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runb")
     exp = load_config(ExperimentConfig, TINY)
-    train_grid(exp, out)
-    explain_grid(exp, out)
+    run_subset(exp, out, ("train", "explain"))
     (out / "experiment.json").write_text(json.dumps(exp.model_dump(mode="json")))
     for variant, seed, cfg in exp.cells():
         for method in exp.explain.methods:
@@ -102,9 +96,9 @@ def test_tables_and_plots_exist_with_documented_columns(run):
 def test_alignment_equals_a_loop_on_the_upsampled_maps(run):
     exp, out, _ = run
     data = load_dataset(exp.cells()[0][2])
-    t, _ = read_explanation(explanation_path(out, "gradcam", "cutmix", 1))
+    t, _ = read_explanation(RunDir(out).explanation("gradcam", "cutmix", 1))
     maps = _upsampled(t["maps"], 32).double()
-    ev = pd.read_parquet(evaluation_path(out, "gradcam", "cutmix", 1))
+    ev = pd.read_parquet(RunDir(out).evaluation("gradcam", "cutmix", 1))
     epg = ev[ev.metric == "energy_pointing_game"].set_index("image_id").value
     for i in range(len(maps)):
         m, r = maps[i], data.test.masks[i]
@@ -121,14 +115,14 @@ def test_faithfulness_equals_direct_curves(run):
     exp, out, _ = run
     cfg = exp.cells()[1][2]
     data = load_dataset(cfg)
-    t, _ = read_explanation(explanation_path(out, "gradcam", "baseline", 1))
-    model = load_cell_model(cell_dir(out, "baseline", 1), cfg, data.num_classes)
+    t, _ = read_explanation(RunDir(out).explanation("gradcam", "baseline", 1))
+    model = load_model(cfg.model, data.num_classes, RunDir(out).weights("baseline", 1))
     x = data.normalize(data.test.images[:8].float() / 255)
     curves = deletion_insertion_curves(model, x, _upsampled(t["maps"][:8], 32), t["targets"][:8],
                                        n_steps=4, n_random=2, seed=0,
                                        image_ids=torch.arange(8))
     direct = faithfulness_scores(curves)
-    ev = pd.read_parquet(evaluation_path(out, "gradcam", "baseline", 1))
+    ev = pd.read_parquet(RunDir(out).evaluation("gradcam", "baseline", 1))
     for name in ("delta_del", "delta_ins", "auc_deletion_morf", "lerf_morf_ins"):
         got = ev[ev.metric == name].sort_values("image_id").value.to_numpy()
         np.testing.assert_allclose(got, direct[name].numpy(), atol=1e-6, err_msg=name)
@@ -184,7 +178,7 @@ def test_dissection_table_equals_direct_dissect(run):
     exp, out, _ = run
     cfg = exp.cells()[2][2]
     data = load_dataset(cfg)
-    model = load_cell_model(cell_dir(out, "cutmix_hard", 0), cfg, data.num_classes)
+    model = load_model(cfg.model, data.num_classes, RunDir(out).weights("cutmix_hard", 0))
     res = dissect(model, data.test.images, data.test.concepts, data.normalize,
                   data.concept_names, data.concept_categories)
     table = pd.read_parquet(out / "tables" / "dissection.parquet")
@@ -201,12 +195,13 @@ def test_dissection_table_equals_direct_dissect(run):
 def test_iba_estimator_is_cached_per_cell_and_refit_for_new_weights(run, tmp_path):
     exp, out, _ = run
     variant, seed, cfg = exp.cells()[0]
-    cdir = cell_dir(out, variant, seed)
-    path = estimator_path(cdir, "layer3", 64)
+    run = RunDir(out)
+    path = run.estimator(variant, seed, "layer3", 64)
     est = Estimator.load(path)
     data = load_dataset(cfg)
-    model = load_cell_model(cdir, cfg, data.num_classes)
-    assert est.model_fingerprint == model_fingerprint(model) and est.n_samples == 64
+    model = load_model(cfg.model, data.num_classes, run.weights(variant, seed))
+    sha = run.record(variant, seed).weights_sha256  # the estimator is tied to these weights
+    assert est.model_fingerprint == sha and est.n_samples == 64
     direct = fit_estimator(model, data.train.images, data.normalize, n_images=64)
     torch.testing.assert_close(est.mean, direct.mean)
     # a second explain call reuses the file (cached) and the estimator file is not rewritten
@@ -218,7 +213,7 @@ def test_iba_estimator_is_cached_per_cell_and_refit_for_new_weights(run, tmp_pat
     path.write_bytes(b"garbage")
     explain_cell(cfg, out, variant, seed, "iba", 6, params={"steps": 3, "batch_noise": 2},
                  estimator_images=64, force=True)
-    assert Estimator.load(path).model_fingerprint == model_fingerprint(model)
+    assert Estimator.load(path).model_fingerprint == sha
 
 
 def test_evaluate_cell_is_cached_and_rejects_nan_maps(run, tmp_path):
@@ -234,11 +229,11 @@ def test_evaluate_cell_is_cached_and_rejects_nan_maps(run, tmp_path):
     assert cached
     run2 = tmp_path / "run"
     shutil.copytree(out, run2)
-    p = explanation_path(run2, "gradcam", variant, seed)
+    p = RunDir(run2).explanation("gradcam", variant, seed)
     t, meta = read_explanation(p)
     assert read_explanation(p, tensors=False) == ({}, meta)  # header only, same metadata
     t["maps"][0, 0, 0] = float("nan")
-    save_file(t, str(p), metadata=meta | {"key": "other"})
+    save_file(t, str(p), metadata=meta | {"auglens_key": "other"})
     with pytest.raises(AuglensError, match="NaN"):
         evaluate_cell(cfg, run2, variant, seed, "gradcam", exp.evaluate)
 
@@ -247,7 +242,7 @@ def test_cli_evaluate_and_dissect_and_errors(run, capsys, tmp_path):
     _, out, _ = run
     assert main(["evaluate", str(out), "--method", "gradcam"]) == 0
     text = capsys.readouterr().out
-    assert "(cached)" in text and "energy_pointing_game" in text
+    assert "6 cached" in text and "energy_pointing_game" in text
     assert main(["dissect", str(out)]) == 0
     assert "unique" not in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path)]) == 2
@@ -276,7 +271,7 @@ def test_dissect_on_a_broden_probe_equals_direct_dissect(run, tmp_path):
     assert not cached
     data = load_dataset(cfg)
     probe = load_broden(tmp_path / "broden", max_images=None, seed=0, image_size=32)
-    model = load_cell_model(cell_dir(out, variant, seed), cfg, data.num_classes)
+    model = load_model(cfg.model, data.num_classes, RunDir(out).weights(variant, seed))
     direct = dissect(model, probe.images, probe.concepts, data.normalize, probe.concept_names,
                      probe.concept_categories).table()
     got = pd.read_parquet(path)

@@ -11,8 +11,9 @@ import yaml
 
 from auglens.analysis.inference import is_distance
 from auglens.cli import main
-from auglens.explain.store import explanation_path, read_explanation
+from auglens.explain.store import read_explanation
 from auglens.metrics import compare_maps
+from auglens.rundir import RunDir
 from auglens.train.matching import matched_epoch
 
 EXP = {
@@ -67,7 +68,7 @@ def test_performance_flags_and_matching_follow_the_records(run):
         assert r.baseline_epoch == matched_epoch(curve, recs[(r.variant, r.seed)]
                                                  ["best_val_accuracy"])
         assert r.same_as_final == (r.baseline_epoch == base[r.seed]["best_epoch"])
-        p = explanation_path(run, "gradcam", "baseline", r.seed,
+        p = RunDir(run).explanation("gradcam", "baseline", r.seed,
                              None if r.same_as_final else r.baseline_epoch)
         assert p.is_file()
 
@@ -76,8 +77,8 @@ def test_matched_similarity_equals_direct_comparison(run):
     sim = pd.read_parquet(run / "tables" / "similarity.parquet")
     m = pd.read_parquet(run / "tables" / "matching.parquet").iloc[0]
     epoch = None if m.same_as_final else int(m.baseline_epoch)
-    a = read_explanation(explanation_path(run, "gradcam", m.variant, int(m.seed)))[0]
-    b = read_explanation(explanation_path(run, "gradcam", "baseline", int(m.seed), epoch))[0]
+    a = read_explanation(RunDir(run).explanation("gradcam", m.variant, int(m.seed)))[0]
+    b = read_explanation(RunDir(run).explanation("gradcam", "baseline", int(m.seed), epoch))[0]
     want = compare_maps(a["maps"].float(), b["maps"].float(), ("spearman",))["spearman"]
     got = sim[(sim.variant == m.variant) & (sim.seed == m.seed)
               & (sim.reference == "matched_baseline") & (sim.target == "predicted")

@@ -5,7 +5,8 @@ import torch
 
 from auglens.config import CellConfig, load_config
 from auglens.train import batch_order, train_cell
-from auglens.train.trainer import soft_cross_entropy, state_sha256
+from auglens.models import weights_fingerprint
+from auglens.train.trainer import soft_cross_entropy
 
 TINY = [
     "data.n_train=192",
@@ -26,7 +27,7 @@ def test_same_cell_twice_gives_identical_weights(tmp_path):
     a = train_cell(tiny([{"name": "affine"}]), tmp_path / "a")
     b = train_cell(tiny([{"name": "affine"}]), tmp_path / "b")
     assert a.record["weights_sha256"] == b.record["weights_sha256"]
-    assert state_sha256(a.model) == state_sha256(b.model)
+    assert weights_fingerprint(a.model) == weights_fingerprint(b.model) == a.record["weights_sha256"]
     assert (tmp_path / "a" / "weights.safetensors").read_bytes() == (
         tmp_path / "b" / "weights.safetensors"
     ).read_bytes()
@@ -134,8 +135,8 @@ def test_augmix_jsd_trains_on_three_views_with_the_consistency_loss(tmp_path):
     import torch.nn.functional as F
 
     from auglens.augment import build_augmentation, jsd_consistency_loss
+    from auglens.data import load_dataset
     from auglens.models import build_model
-    from auglens.train.trainer import load_dataset
     from auglens.utils import derive_seed, make_generator
 
     spec = [{"name": "augmix", "jsd": True, "severity": 1, "mixture_width": 2}]

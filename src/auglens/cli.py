@@ -129,8 +129,9 @@ def _run_dir_experiment(run_dir: Path, overrides: list[str]):
     import json
 
     from .config import ExperimentConfig, load_config
+    from .rundir import RunDir
 
-    path = run_dir / "experiment.json"
+    path = RunDir(run_dir).experiment
     if not path.is_file():
         raise AuglensError(
             f"{run_dir} is not a run directory (no experiment.json); create one with `auglens run`"
@@ -138,105 +139,81 @@ def _run_dir_experiment(run_dir: Path, overrides: list[str]):
     return load_config(ExperimentConfig, json.loads(path.read_text()), overrides, source=str(path))
 
 
-def _explain(exp, out: Path, methods: tuple[str, ...] | None, n_images: int | None) -> None:
-    from .explain.store import explain_grid
+def _subcommand(args: argparse.Namespace, names: tuple[str, ...], methods=None,
+                n_images: int | None = None, force: bool = False) -> dict[str, Any]:
+    """Run stages ``names`` of the run directory ``args.run_dir`` in this process, under its lock,
+    printing one line per task — the same stages, keys and caching as `auglens run`."""
+    from .executors import LocalExecutor
+    from .pipeline import run_subset, with_overrides
+    from .progress import Reporter
+    from .rundir import RunDir
 
-    def done(method: str, variant: str, seed: int, cached: bool) -> None:
-        print(
-            f"  explained {variant:<16} seed {seed} with {method}{' (cached)' if cached else ''}",
-            flush=True,
-        )
-
-    explain_grid(exp, out, methods, n_images=n_images, on_done=done)
-
-
-def _compare(exp, out: Path, method: str) -> None:
-    import pandas as pd
-
-    from .analysis.run_a import analyse_study_a
-
-    paths = analyse_study_a(exp, out, method)
-    summary = pd.read_parquet(paths["summary_a"])
-    s = summary[
-        (summary.target == "predicted")
-        & summary.metric.isin(["pearson", "spearman", "overlap@5", "overlap@20"])
-    ]
-    print(s.pivot(index="variant", columns="metric", values="mean").round(3).to_string())
-    print(f"wrote tables to {out / 'tables'} and plots to {out / 'plots'}")
+    run = RunDir(args.run_dir)
+    exp = with_overrides(_run_dir_experiment(run.root, args.set), methods, n_images)
+    with run.lock(wait=getattr(args, "wait", False)):
+        run.clean_temporaries()
+        return run_subset(exp, run, names, LocalExecutor(1),
+                          set(names) if force else set(), Reporter())
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    exp = _run_dir_experiment(args.run_dir, args.set)
-    _explain(exp, args.run_dir, tuple(args.method or ()), args.n_images)
+    _subcommand(args, ("explain",), tuple(args.method or ()), args.n_images, args.force)
     return 0
 
 
-def _print_done(kind: str):
-    def done(text: str, cached: bool) -> None:
-        print(f"  {kind} {text}{' (cached)' if cached else ''}", flush=True)
-    return done
+def cmd_compare(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .rundir import RunDir
+
+    methods = (args.method,) if args.method else None
+    _subcommand(args, ("compare",), methods, force=args.force)
+    method = args.method or _run_dir_experiment(args.run_dir, args.set).explain.methods[0]
+    run = RunDir(args.run_dir)
+    summary = pd.read_parquet(run.table("summary_a", method))
+    s = summary[(summary.target == "predicted") & (summary.reference == "final")
+                & summary.metric.isin(["pearson", "spearman", "overlap@5", "overlap@20"])]
+    print(s.pivot(index="variant", columns="metric", values="mean").round(3).to_string())
+    print(f"wrote tables to {run.tables(method)} and plots to {run.plots(method)}")
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .analysis.run_b import analyse_evaluation
-    from .metrics.store import evaluate_cell
+    from .rundir import RunDir
 
-    exp = _run_dir_experiment(args.run_dir, args.set)
-    methods = tuple(args.method or exp.explain.methods)
-    done = _print_done("evaluated")
-    for variant, seed, cfg in exp.cells():
-        for method in methods:
-            _, cached = evaluate_cell(cfg, args.run_dir, variant, seed, method, exp.evaluate,
-                                      force=args.force)
-            done(f"{variant:<16} seed {seed} {method}", cached)
-    paths = analyse_evaluation(exp, args.run_dir, methods)
-    s = pd.read_parquet(paths["summary_b"])
+    _subcommand(args, ("evaluate",), tuple(args.method or ()), force=args.force)
+    run = RunDir(args.run_dir)
+    s = pd.read_parquet(run.table("summary_b"))
     keep = ["energy_pointing_game", "effective_heat_ratio", "delta_del", "delta_ins"]
-    s = s[s.metric.isin(keep)]
+    s = s[s.metric.isin(keep) & (s.reference == "final")]
     print(s.pivot_table(index=["method", "variant"], columns="metric", values="mean",
                         sort=False).round(3).to_string())
-    print(f"wrote tables to {args.run_dir / 'tables'} and plots to {args.run_dir / 'plots'}")
+    print(f"wrote tables to {run.tables()} and plots to {run.plots()}")
     return 0
 
 
 def cmd_dissect(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .analysis.run_b import analyse_dissection
-    from .metrics.store import dissect_cell
+    from .rundir import RunDir
 
-    exp = _run_dir_experiment(args.run_dir, args.set)
-    done = _print_done("dissected")
-    for variant, seed, cfg in exp.cells():
-        _, cached = dissect_cell(cfg, args.run_dir, variant, seed, exp.dissect, force=args.force)
-        done(f"{variant:<16} seed {seed}", cached)
-    paths = analyse_dissection(exp, args.run_dir)
-    s = pd.read_parquet(paths["dissection_summary"])
+    _subcommand(args, ("dissect",), force=args.force)
+    run = RunDir(args.run_dir)
+    s = pd.read_parquet(run.table("dissection_summary"))
     print(s.pivot_table(index="variant", columns="category", values="unique_concepts",
                         sort=False).round(2).to_string())
-    print(f"wrote {paths['dissection']}")
+    print(f"wrote {run.table('dissection')}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report
-
-    if not (args.run_dir / "experiment.json").is_file():
-        raise AuglensError(f"{args.run_dir} is not a run directory (no experiment.json); "
-                           "create one with `auglens run`")
-    res = build_report(args.run_dir)
+    res = _subcommand(args, ("report",))["outputs"]["report"]
     print(f"wrote {res['html']} and {res['markdown']}")
     for sid, reasons in (res.get("missing") or {}).items():
         for r in reasons:
             print(f"  {res['titles'][sid]} ({res['sections'][sid]}): {r}")
-    return 0
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    exp = _run_dir_experiment(args.run_dir, args.set)
-    _compare(exp, args.run_dir, args.method)
     return 0
 
 
@@ -266,8 +243,9 @@ def cmd_replicate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .executors import make_executor
-    from .pipeline import Reporter, RunLock, make_plan, run_pipeline
-    from .progress import LogFile, RichReporter
+    from .pipeline import make_plan, run_pipeline
+    from .progress import LogFile, Reporter, RichReporter
+    from .rundir import RunDir
     from .utils import check_writable_dir
 
     exp = _load_experiment(args)
@@ -287,11 +265,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("\n".join(make_plan(exp, out, methods, args.n_images, force).lines()))
         return 0
     check_writable_dir(out)
+    run = RunDir(out)
     executor = make_executor(args.executor, args.workers, args.address, exp.train.threads)
-    log = LogFile(out / "run.log")
+    log = LogFile(run.log)
     t0 = time.perf_counter()
-    with RunLock(out, wait=args.wait):
+    with run.lock(wait=args.wait):
         log(f"auglens run {exp.name} → {out} (executor {args.executor})")
+        stale = run.clean_temporaries()
+        if stale:
+            log(f"removed {stale} temporary files left by an interrupted run")
         try:
             if args.quiet:
                 result = run_pipeline(exp, out, executor, methods, args.n_images, force,
@@ -319,8 +301,12 @@ def _print_summary(out: Path, result: dict[str, Any], seconds: float) -> None:
         mean=("accuracy", "mean"), std=("accuracy", "std"), conv=("converged", "sum"),
         n=("converged", "size"), failed=("failed", "sum"))
 
+    from .rundir import RunDir
+
+    run = RunDir(out)
+
     def read(name: str) -> pd.DataFrame | None:
-        path = out / "tables" / f"{name}.parquet"
+        path = run.table(name)
         return pd.read_parquet(path) if path.is_file() else None
 
     summary, summary_b = read("summary_a"), read("summary_b")
@@ -374,9 +360,9 @@ def _print_summary(out: Path, result: dict[str, Any], seconds: float) -> None:
     print("\n".join(notes))
     for stage, why in result.get("skipped", {}).items():
         print(f"skipped {stage}: {why}")
-    report = out / "report" / "index.html"
-    print(f"report: {report if report.is_file() else '(not written)'}   tables: {out / 'tables'}"
-          f"   log: {out / 'run.log'}")
+    report = run.report_dir / "index.html"
+    print(f"report: {report if report.is_file() else '(not written)'}   tables: {run.tables()}"
+          f"   log: {run.log}")
 
 
 def _ci_cell(summary, variant: str, metric: str, reference: str = "final",
@@ -450,14 +436,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="explainer (repeatable; default: the experiment's explain.methods)"
     )
     s.add_argument("--n-images", type=_positive_int, default=None,
-                   help="first N test images (default all)")
+                   help="explain the first N test images (explain.n_images; per-method limits "
+                        "still cap)")
+    s.add_argument("--force", action="store_true", help="recompute cached explanations")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--wait", action="store_true",
+                   help="wait while another auglens process writes the run directory")
     s.set_defaults(func=cmd_explain)
 
     s = sub.add_parser("compare", help="Study A: compare every augmentation with the baseline")
     s.add_argument("run_dir", type=Path)
-    s.add_argument("--method", default="gradcam")
+    s.add_argument("--method", default=None,
+                   help="explainer (default: every method of the experiment's explain.methods)")
+    s.add_argument("--force", action="store_true", help="recompute even if cached")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--wait", action="store_true",
+                   help="wait while another auglens process writes the run directory")
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("evaluate", help="Study B: alignment and faithfulness of the stored maps")
@@ -467,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="recompute cached per-cell results")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="e.g. evaluate.n_images=200 or evaluate.min_probability=0.6")
+    s.add_argument("--wait", action="store_true",
+                   help="wait while another auglens process writes the run directory")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("dissect", help="Study B: Network Dissection of every trained cell")
@@ -474,10 +470,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="recompute cached per-cell results")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="e.g. dissect.n_images=1000")
+    s.add_argument("--wait", action="store_true",
+                   help="wait while another auglens process writes the run directory")
     s.set_defaults(func=cmd_dissect)
 
     s = sub.add_parser("report", help="write RUN_DIR/report/index.html and summary.md")
     s.add_argument("run_dir", type=Path)
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--wait", action="store_true",
+                   help="wait while another auglens process writes the run directory")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser(
@@ -492,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", action="append", default=None,
                    help="explainer (repeatable; default: the experiment's explain.methods)")
     s.add_argument("--n-images", type=_positive_int, default=None,
-                   help="explain the first N test images")
+                   help="explain the first N test images (explain.n_images; per-method limits "
+                        "still cap)")
     s.add_argument("--seeds", default=None, metavar="LIST",
                    help="override the seeds, e.g. 3,4,5 or 3-5 (a replication with disjoint "
                         "seeds: see `auglens replicate`)")

@@ -1,8 +1,12 @@
-"""Rich progress bars (elapsed / remaining time) and the run log file for the pipeline."""
+"""Progress of a run: the plain `Reporter` (lines, or nothing), the rich progress bars
+(elapsed / remaining time) and the run log file."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,68 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .pipeline import Reporter
+
+class Reporter:
+    """Progress callbacks; the default prints plain lines (``quiet`` prints nothing)."""
+
+    def __init__(self, quiet: bool = False, log: Callable[[str], None] | None = None) -> None:
+        self.quiet = quiet
+        self._log = log
+
+    def message(self, text: str) -> None:
+        if self._log:
+            self._log(text)
+        if not self.quiet:
+            print(text, flush=True)
+
+    def stage(self, name: str, total: int, cached: int) -> None:
+        self.message(f"[{name}] {total} tasks, {cached} cached")
+
+    def advance(self, name: str, text: str) -> None:
+        self.message(f"[{name}] {text}")
+
+    def done(self, name: str) -> None:
+        """Called when a stage finishes."""
+
+    def task_progress(self, kind: str, name: str, done: int = 0, total: int = 0,
+                      note: str = "") -> None:
+        """Progress inside one running task (``kind`` "epoch" or "images"; "end" = finished)."""
+        if kind == "epoch" and done and self._log:
+            self._log(f"[train] {name} epoch {done}/{total} {note}".rstrip())
+
+    @contextmanager
+    def listen(self, events: Any) -> Iterator[None]:
+        """While the block runs, forward events that tasks put on ``events`` (see
+        `Executor.events`) to `task_progress`, from a background thread."""
+        if events is None:
+            yield
+            return
+        stop = threading.Event()
+
+        def pump() -> None:
+            import queue as queue_mod
+
+            while True:
+                try:
+                    event = events.get(timeout=0.2)
+                except queue_mod.Empty:
+                    if stop.is_set():
+                        return
+                    continue
+                except (EOFError, OSError):  # the manager went away
+                    return
+                try:
+                    self.task_progress(*event)
+                except Exception:  # a display problem never stops the run
+                    pass
+
+        thread = threading.Thread(target=pump, daemon=True, name="auglens-progress")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
 
 
 class LogFile:

@@ -87,3 +87,16 @@ def software_versions() -> dict[str, str]:
         "numpy": numpy.__version__,
         "platform": platform.platform(),
     }
+
+
+def upsample(maps: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Maps (B, h, w) → (B, H, W) by bilinear interpolation, ``align_corners=False``.
+
+    Use only when a metric needs input resolution; record that it was used.
+    """
+    import torch.nn.functional as F
+
+    if maps.ndim != 3:
+        raise AuglensError(f"upsample expects maps of shape (B, h, w), got {tuple(maps.shape)}")
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]

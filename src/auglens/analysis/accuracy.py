@@ -10,31 +10,27 @@ Study B's is the cell's mean score.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
 from ..config import ExperimentConfig
+from ..rundir import RunDir
 
 COLUMNS = ["study", "method", "variant", "seed", "epoch", "val_accuracy", "metric", "value"]
 
 
-def _val_accuracy(run_dir: Path, variant: str, seed: int, epoch: int | None) -> float:
-    from ..train.grid import cell_dir
-
-    rec = json.loads((cell_dir(run_dir, variant, seed) / "record.json").read_text())
+def _val_accuracy(run: RunDir, variant: str, seed: int, epoch: int | None) -> float:
+    rec = run.record(variant, seed).raw
     if epoch is None:
         return float(rec["best_val_accuracy"])
     return float(rec["history"][epoch - 1]["val_accuracy"])
 
 
-def points_a(exp: ExperimentConfig, run_dir: Path, method: str, similarity: pd.DataFrame,
+def points_a(exp: ExperimentConfig, run: RunDir, method: str, similarity: pd.DataFrame,
              checkpoints: list[tuple[int, int]], metrics: tuple[str, ...]) -> pd.DataFrame:
     """Study A points: augmented cells and the baseline checkpoints (``checkpoints`` (seed,
     epoch)), predicted-class maps, mean over images of each metric in ``metrics``."""
-    from ..explain.store import explanation_path, read_explanation
+    from ..explain.store import read_explanation
     from .compare import TARGETS, _compare
 
     sim = similarity[(similarity.reference.astype(str) == "baseline")
@@ -43,14 +39,14 @@ def points_a(exp: ExperimentConfig, run_dir: Path, method: str, similarity: pd.D
     rows = []
     for (variant, seed, metric), g in sim.groupby(["variant", "seed", "metric"], observed=True):
         rows.append(("A", method, str(variant), int(seed), None,
-                     _val_accuracy(run_dir, str(variant), int(seed), None), str(metric),
+                     _val_accuracy(run, str(variant), int(seed), None), str(metric),
                      float(np.nanmean(g.value)) if g.value.notna().any() else np.nan))
     for seed, epoch in checkpoints:
-        final = read_explanation(explanation_path(run_dir, method, exp.baseline, seed))[0]
-        ckpt = read_explanation(explanation_path(run_dir, method, exp.baseline, seed, epoch))[0]
+        final = read_explanation(run.explanation(method, exp.baseline, seed))[0]
+        ckpt = read_explanation(run.explanation(method, exp.baseline, seed, epoch))[0]
         res = _compare(ckpt, final, TARGETS["predicted"], tuple(_base(m) for m in metrics),
                        _ys(metrics))
-        acc = _val_accuracy(run_dir, exp.baseline, seed, epoch)
+        acc = _val_accuracy(run, exp.baseline, seed, epoch)
         for metric in metrics:
             v = res[metric].double().numpy()
             rows.append(("A", method, exp.baseline, seed, epoch, acc, metric,
@@ -68,32 +64,25 @@ def _ys(metrics: tuple[str, ...]) -> tuple[float, ...]:
     return tuple(ys) or (10.0,)
 
 
-def points_b(exp: ExperimentConfig, run_dir: Path, interp: pd.DataFrame,
+def points_b(exp: ExperimentConfig, run: RunDir, interp: pd.DataFrame,
              matched: pd.DataFrame | None) -> pd.DataFrame:
     """Study B points: every cell and every matched baseline checkpoint, mean score per metric."""
     rows = []
     for (method, variant, seed, metric), g in interp.groupby(
             ["method", "variant", "seed", "metric"], sort=False):
         rows.append(("B", method, variant, int(seed), None,
-                     _val_accuracy(run_dir, variant, int(seed), None), metric,
+                     _val_accuracy(run, variant, int(seed), None), metric,
                      float(np.nanmean(g.value)) if g.value.notna().any() else np.nan))
     if matched is not None and not matched.empty:
         m = matched.drop_duplicates(["method", "seed", "baseline_epoch", "metric", "image_id"])
-        best = {s: _best_epoch(run_dir, exp.baseline, s) for s in m.seed.unique()}
+        best = {s: int(run.record(exp.baseline, int(s)).raw["best_epoch"]) for s in m.seed.unique()}
         m = m[m.baseline_epoch != m.seed.map(best)]  # the final weights are a cell already
         for (method, seed, epoch, metric), g in m.groupby(
                 ["method", "seed", "baseline_epoch", "metric"], sort=False):
             rows.append(("B", method, exp.baseline, int(seed), int(epoch),
-                         _val_accuracy(run_dir, exp.baseline, int(seed), int(epoch)), metric,
+                         _val_accuracy(run, exp.baseline, int(seed), int(epoch)), metric,
                          float(np.nanmean(g.value)) if g.value.notna().any() else np.nan))
     return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def _best_epoch(run_dir: Path, variant: str, seed: int) -> int:
-    from ..train.grid import cell_dir
-
-    return int(json.loads((cell_dir(run_dir, variant, seed) / "record.json").read_text())
-               ["best_epoch"])
 
 
 def correlations(points: pd.DataFrame) -> pd.DataFrame:

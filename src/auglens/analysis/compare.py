@@ -15,8 +15,9 @@ import torch
 
 from ..config import ExperimentConfig
 from ..errors import AuglensError
-from ..explain.store import explanation_path, read_explanation
+from ..explain.store import read_explanation
 from ..metrics import compare_maps
+from ..rundir import RunDir
 from .study_a import noise_floor_pairs
 
 #: Metrics computed by default for Study A (overlap expands to overlap@5/10/20).
@@ -79,8 +80,10 @@ def similarity_table(
     `auglens.train.matching.matching_table`) or ``baseline_seed_<k>`` (noise floor). Cells left
     out of the run (``analysis.exclude``) and seeds without a baseline are skipped."""
 
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+
     def load(variant: str, seed: int, epoch: int | None = None) -> dict:
-        return read_explanation(explanation_path(run_dir, method, variant, seed, epoch))[0]
+        return read_explanation(run.explanation(method, variant, seed, epoch))[0]
 
     present = {(v, s) for v, s, _ in exp.cells()}
     frames = []
@@ -131,9 +134,10 @@ def target_ablation_table(
 ) -> pd.DataFrame:
     """Each model's ground-truth-class map vs its predicted-class map (they differ only on
     misclassified images): ``image_id, variant, seed, correct, metric, value``."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     frames = []
     for variant, seed, _ in exp.cells():
-        ex = read_explanation(explanation_path(run_dir, method, variant, seed))[0]
+        ex = read_explanation(run.explanation(method, variant, seed))[0]
         res = compare_maps(ex["maps_gt"].float(), ex["maps"].float(), metrics, ys)
         f = _rows(res, ex["image_ids"].numpy(), variant=variant, seed=seed)
         n_metrics = len(res)

@@ -132,7 +132,7 @@ def cam_gallery(
     display only). ``images`` uint8 (N, 3, H, W); ``maps[variant]`` float (N, h, w)."""
     import torch
 
-    from ..explain.base import upsample
+    from ..utils import upsample
 
     n = images.shape[0]
     variants = list(maps)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import AuglensError
+from ..rundir import RunDir
 
 #: the columns that identify one verdict in each summary table
 KEYS = {"summary_a": ["method", "variant", "reference", "target", "metric"],
@@ -16,14 +17,14 @@ KEYS = {"summary_a": ["method", "variant", "reference", "target", "metric"],
 
 
 def _experiment(run: Path) -> dict:
-    path = run / "experiment.json"
+    path = RunDir(run).experiment
     if not path.is_file():
         raise AuglensError(f"{run} is not a run directory (no experiment.json)")
     return json.loads(path.read_text())
 
 
 def _summary(run: Path, name: str) -> pd.DataFrame | None:
-    path = run / "tables" / f"{name}.parquet"
+    path = RunDir(run).table(name)
     if not path.is_file():
         return None
     try:

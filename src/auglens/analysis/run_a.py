@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 
 from ..config import ExperimentConfig
-from ..explain.store import explanation_path, read_explanation
+from ..data import load_dataset
+from ..explain.store import read_explanation
 from ..metrics import CLASS_KLD_DIRECTION
-from ..train.trainer import load_dataset
-from ..utils import atomic_path, write_json
+from ..rundir import RunDir, write_table
+from ..utils import write_json
 from . import plots
 from .compare import similarity_table, target_ablation_table
 from .inference import Settings
@@ -53,12 +54,6 @@ CONVENTIONS = {
 ACCURACY_METRICS = ("spearman", "overlap@10", "mad", "class_kld")
 
 
-def write_table(df: pd.DataFrame, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
-    return path
-
-
 def analyse_study_a(
     exp: ExperimentConfig,
     run_dir: str | Path,
@@ -68,14 +63,12 @@ def analyse_study_a(
     n_boot: int | None = None,
 ) -> dict[str, Path]:
     """Compare every augmentation with the baseline, aggregate, correlate, cluster, plot."""
-    run_dir = Path(run_dir)
-    sub = "" if method == "gradcam" else method  # other methods: tables/<method>/, plots/<method>/
-    tables, figs = run_dir / "tables" / sub, run_dir / "plots" / sub
+    run = RunDir(run_dir)
+    tables, figs = run.tables(method), run.plots(method)
     out: dict[str, Path] = {}
     write_json(tables / "conventions_a.json", CONVENTIONS | {"method": method})
-    matching = _read_optional(run_dir / "tables" / "matching.parquet") \
-        if exp.analysis.matched else None
-    sim = similarity_table(exp, run_dir, method, matching=matching)
+    matching = _read_optional(run.table("matching")) if exp.analysis.matched else None
+    sim = similarity_table(exp, run, method, matching=matching)
     out["similarity"] = write_table(sim, tables / "similarity.parquet")
     final = sim[sim.reference.astype(str) != "matched_baseline"]
     per_image = seed_average(final)
@@ -83,7 +76,7 @@ def analyse_study_a(
     a = exp.analysis
     summary = summarize(sim, Settings(n_boot or a.n_boot, a.level, a.margin, a.seed, a.power))
     summary.insert(0, "method", method)
-    summary = mark_cells(summary, exp, run_dir)
+    summary = mark_cells(summary, exp, run)
     out["summary_a"] = write_table(summary, tables / "summary_a.parquet")
     corr = correlations(per_image)
     out["correlation"] = write_table(corr, tables / "correlation.parquet")
@@ -98,14 +91,13 @@ def analyse_study_a(
     from .accuracy import correlations as acc_correlations
     from .accuracy import points_a
 
-    points = points_a(exp, run_dir, method, sim, matched_checkpoints(exp, run_dir),
-                      ACCURACY_METRICS)
+    points = points_a(exp, run, method, sim, matched_checkpoints(exp, run), ACCURACY_METRICS)
     acc_corr = acc_correlations(points)
     out["accuracy_points_a"] = write_table(points, tables / "accuracy_points_a.parquet")
     out["accuracy_correlation_a"] = write_table(acc_corr, tables / "accuracy_correlation_a.parquet")
     out["plot_accuracy"] = plots.metric_vs_accuracy(points, acc_corr, figs / "accuracy_a.png")
     out["target_ablation"] = write_table(
-        target_ablation_table(exp, run_dir, method), tables / "target_ablation.parquet"
+        target_ablation_table(exp, run, method), tables / "target_ablation.parquet"
     )
 
     out["plot_boxplots"] = plots.metric_boxplots(per_image, figs / "metric_boxplots.png")
@@ -113,7 +105,7 @@ def analyse_study_a(
                                              figs / "overlap_vs_y.png")
     out["plot_corr"] = plots.correlation_heatmap(corr, z, figs / "correlation_heatmap.png")
     out["plot_corr_metrics"] = plots.per_metric_heatmaps(corr, figs / "correlation_per_metric.png")
-    out["plot_gallery"] = _gallery(exp, run_dir, method, gallery_images, figs / "cam_gallery.png")
+    out["plot_gallery"] = _gallery(exp, run, method, gallery_images, figs / "cam_gallery.png")
     return out
 
 
@@ -121,11 +113,11 @@ def _read_optional(path: Path) -> pd.DataFrame | None:
     return pd.read_parquet(path) if path.is_file() else None
 
 
-def mark_cells(summary: pd.DataFrame, exp: ExperimentConfig, run_dir: Path) -> pd.DataFrame:
+def mark_cells(summary: pd.DataFrame, exp: ExperimentConfig, run: RunDir) -> pd.DataFrame:
     """Add ``unconverged`` / ``failed``: the cells (``variant/seed<k>``, comma-separated) of each
     row's comparison — the variant's cells and the baseline's; the noise floor: the baseline's —
     that did not converge or look like failed runs (``tables/performance.parquet``)."""
-    perf = _read_optional(Path(run_dir) / "tables" / "performance.parquet")
+    perf = _read_optional(run.table("performance"))
     out = summary.copy()
     if perf is None or perf.empty or not {"converged", "failed"} <= set(perf.columns):
         out["unconverged"], out["failed"] = "", ""
@@ -149,11 +141,11 @@ def gallery_ids(n_total: int, n: int) -> np.ndarray:
     return np.unique(np.linspace(0, n_total - 1, num=min(n, n_total)).round().astype(int))
 
 
-def _gallery(exp: ExperimentConfig, run_dir: Path, method: str, n: int, path: Path) -> Path:
+def _gallery(exp: ExperimentConfig, run: RunDir, method: str, n: int, path: Path) -> Path:
     seed = exp.seeds[0]
     maps = {}
     for variant in exp.variants:
-        t, _ = read_explanation(explanation_path(run_dir, method, variant, seed))
+        t, _ = read_explanation(run.explanation(method, variant, seed))
         maps[variant] = t["maps"].float().numpy()
     ids = gallery_ids(len(next(iter(maps.values()))), n)
     data = load_dataset(exp.cells()[0][2])

@@ -20,12 +20,13 @@ from ..augment import AUGMENTATIONS
 from ..config import ExperimentConfig
 from ..errors import AuglensError
 from ..metrics.alignment import filter_images
-from ..metrics.store import curves_path, dissection_path, evaluation_path, read_metadata
+from ..metrics.store import read_metadata
+from ..rundir import RunDir, write_table
 from ..stats import draw, grand_mean, resampled_means
 from ..utils import write_json
 from . import plots, plots_b
 from .inference import Settings, decide, difference, interval, memo, row_means, seed_spread
-from .run_a import mark_cells, write_table
+from .run_a import mark_cells
 from .study_a import _matrix, _row
 
 #: Study B metrics plotted against accuracy
@@ -68,14 +69,15 @@ def _read_cell(path: Path, variant: str, seed: int, what: str, command: str) -> 
     if not path.is_file():
         raise AuglensError(f"missing {what} {path}; run `{command}`")
     df = pd.read_parquet(path)
+    df = df.drop(columns=[c for c in ("method", "variant", "seed", "epoch") if c in df])
     df.insert(0, "variant", variant)
     df.insert(1, "seed", seed)
     return df
 
 
-def _evaluation_frames(exp: ExperimentConfig, run_dir: Path, method: str) -> pd.DataFrame:
-    frames = [_read_cell(evaluation_path(run_dir, method, v, s), v, s, "evaluation",
-                         f"auglens evaluate {run_dir}") for v, s, _ in exp.cells()]
+def _evaluation_frames(exp: ExperimentConfig, run: RunDir, method: str) -> pd.DataFrame:
+    frames = [_read_cell(run.evaluation(method, v, s), v, s, "evaluation",
+                         f"auglens evaluate {run.root}") for v, s, _ in exp.cells()]
     out = pd.concat(frames, ignore_index=True)
     out.insert(2, "method", method)
     return out[["image_id", "variant", "seed", "method", "metric", "value"]]
@@ -224,15 +226,15 @@ def _n_seeds(v: np.ndarray) -> int:
 def analyse_evaluation(exp: ExperimentConfig, run_dir: str | Path,
                        methods: tuple[str, ...] | None = None) -> dict[str, Path]:
     """Study B's alignment and faithfulness tables and plots from the per-cell evaluations."""
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     methods = methods or tuple(exp.explain.methods)
-    tables, figs = run_dir / "tables", run_dir / "plots"
+    tables, figs = run.tables(), run.plots()
     per_image, counts, curves, notes, matched = [], [], [], {}, []
     matching = tables / "matching.parquet"
     matching = pd.read_parquet(matching) if exp.analysis.matched and matching.is_file() else None
     for method in methods:
-        ev = _evaluation_frames(exp, run_dir, method)
-        first = evaluation_path(run_dir, method, *exp.cells()[0][:2])
+        ev = _evaluation_frames(exp, run, method)
+        first = run.evaluation(method, *exp.cells()[0][:2])
         notes[method] = json.loads(read_metadata(first).get("notes", "{}"))
         kept_ids = None
         if ev.metric.isin(FILTER_INPUTS).any():
@@ -243,11 +245,12 @@ def analyse_evaluation(exp: ExperimentConfig, run_dir: str | Path,
                         .groupby("seed")}
         per_image.append(ev[~ev.metric.isin(FILTER_INPUTS + ALIGNMENT_METRICS)])
         if matching is not None:
-            matched.append(_matched_frames(exp, run_dir, method, matching, kept_ids))
+            matched.append(_matched_frames(exp, run, method, matching, kept_ids))
         for variant, seed, _ in exp.cells():
-            cp = curves_path(run_dir, method, variant, seed)
+            cp = run.curves(method, variant, seed)
             if cp.is_file():
                 c = pd.read_parquet(cp)
+                c = c.drop(columns=[k for k in ("method", "variant", "seed", "epoch") if k in c])
                 c.insert(0, "variant", variant)
                 c.insert(1, "seed", seed)
                 c.insert(2, "method", method)
@@ -269,7 +272,7 @@ def analyse_evaluation(exp: ExperimentConfig, run_dir: str | Path,
     a = exp.analysis
     summary = summarize_b(interp, exp, Settings(a.n_boot, a.level, a.margin, a.seed, a.power),
                           matched_df)
-    summary = mark_cells(summary, exp, run_dir)
+    summary = mark_cells(summary, exp, run)
     out["summary_b"] = write_table(summary, tables / "summary_b.parquet")
     settings = Settings(a.n_boot, a.level, a.margin, a.seed, a.power)
     pairs = label_mixing_pairs(exp)
@@ -279,7 +282,7 @@ def analyse_evaluation(exp: ExperimentConfig, run_dir: str | Path,
     from .accuracy import correlations as acc_correlations
     from .accuracy import points_b
 
-    points = points_b(exp, run_dir, interp, matched_df)
+    points = points_b(exp, run, interp, matched_df)
     acc_corr = acc_correlations(points)
     out["accuracy_points_b"] = write_table(points, tables / "accuracy_points_b.parquet")
     out["accuracy_correlation_b"] = write_table(acc_corr,
@@ -304,7 +307,7 @@ def analyse_evaluation(exp: ExperimentConfig, run_dir: str | Path,
     return out
 
 
-def _matched_frames(exp: ExperimentConfig, run_dir: Path, method: str, matching: pd.DataFrame,
+def _matched_frames(exp: ExperimentConfig, run: RunDir, method: str, matching: pd.DataFrame,
                     kept_ids: dict[int, set] | None) -> pd.DataFrame:
     """Per-image rows of the accuracy-matched baseline checkpoints, ``variant`` = the variant each
     is matched to (plus ``baseline_epoch``); alignment rows restricted to the images the
@@ -313,8 +316,8 @@ def _matched_frames(exp: ExperimentConfig, run_dir: Path, method: str, matching:
     for r in matching.itertuples():
         seed = int(r.seed)
         epoch = None if r.same_as_final else int(r.baseline_epoch)
-        path = evaluation_path(run_dir, method, exp.baseline, seed, epoch)
-        df = _read_cell(path, str(r.variant), seed, "evaluation", f"auglens run {run_dir}")
+        path = run.evaluation(method, exp.baseline, seed, epoch)
+        df = _read_cell(path, str(r.variant), seed, "evaluation", f"auglens run {run.root}")
         df = df[~df.metric.isin(FILTER_INPUTS)]
         if kept_ids is not None:
             align = df.metric.isin(ALIGNMENT_METRICS)
@@ -329,11 +332,11 @@ def _matched_frames(exp: ExperimentConfig, run_dir: Path, method: str, matching:
 def analyse_dissection(exp: ExperimentConfig, run_dir: str | Path) -> dict[str, Path]:
     """``tables/dissection.parquet`` (one row per unit and cell), its per-category summary, and
     the detectors plot."""
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     frames, summary = [], []
     for variant, seed, _ in exp.cells():
-        path = dissection_path(run_dir, variant, seed)
-        t = _read_cell(path, variant, seed, "dissection", f"auglens dissect {run_dir}")
+        path = run.dissection(variant, seed)
+        t = _read_cell(path, variant, seed, "dissection", f"auglens dissect {run.root}")
         frames.append(t)
         s = json.loads(read_metadata(path)["summary"])
         det = t[t.detector]
@@ -346,9 +349,9 @@ def analyse_dissection(exp: ExperimentConfig, run_dir: str | Path) -> dict[str, 
     diss = pd.concat(frames, ignore_index=True)[cols]
     ds = pd.DataFrame(summary)
     out = {
-        "dissection": write_table(diss, run_dir / "tables" / "dissection.parquet"),
-        "dissection_summary": write_table(ds, run_dir / "tables" / "dissection_summary.parquet"),
+        "dissection": write_table(diss, run.table("dissection")),
+        "dissection_summary": write_table(ds, run.table("dissection_summary")),
     }
-    out["plot_dissection"] = plots_b.dissection_detectors(ds, run_dir / "plots" /
+    out["plot_dissection"] = plots_b.dissection_detectors(ds, run.plots() /
                                                           "dissection_detectors.png")
     return out

@@ -5,7 +5,7 @@ Built in: ``shapes`` (synthetic). Local data: ``cifar10``, ``cifar100`` (officia
 `load_broden` / `iter_broden` (Broden layout).
 """
 
-from .base import DATASETS, Dataset, ImageSet, check_source
+from .base import DATASETS, Dataset, ImageSet, check_source, load_dataset
 from .broden import BrodenProbe, iter_broden, load_broden, read_broden_index
 from .cifar import build_cifar10, build_cifar100
 from .folder import build_imagefolder, read_voc
@@ -27,6 +27,7 @@ __all__ = [
     "check_source",
     "iter_batches",
     "iter_broden",
+    "load_dataset",
     "load_broden",
     "read_broden_index",
     "read_voc",

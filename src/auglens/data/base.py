@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -125,3 +126,16 @@ def channel_stats(images: np.ndarray, source: str = "training split"
             "would divide by zero; the images are probably constant (check that they decode), "
             "or use the dataset's fixed normalization (e.g. normalization: imagenet / standard)")
     return tuple(mean), tuple(std)  # type: ignore[return-value]
+
+
+_DATA_CACHE: dict[str, Dataset] = {}
+
+
+def load_dataset(cfg: Any) -> Dataset:
+    """The dataset a config names (``cfg.data``: ``name`` + builder ``params()``), built once
+    per process and reused while the same data section is asked for."""
+    key = cfg.data.model_dump_json()
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = DATASETS.get(cfg.data.name)(**cfg.data.params())
+    return _DATA_CACHE[key]

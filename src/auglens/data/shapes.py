@@ -29,12 +29,10 @@ Conventions
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, fields
@@ -44,6 +42,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..utils import atomic_path
 from .base import DATASETS, Dataset, ImageSet, channel_stats
 
 #: Bump when the generated images change for the same parameters (invalidates caches).
@@ -449,22 +448,16 @@ def _load_cache(path: Path, params: dict) -> dict[str, np.ndarray] | None:
 
 
 def _save_cache(path: Path, params: dict, arrays: dict[str, np.ndarray]) -> bool:
-    """Write the cache atomically (temp file in the same dir, then os.replace); False on error."""
-    tmp = None
+    """Write the cache atomically (`auglens.utils.atomic_path`); False on error (the dataset is
+    still returned, only not cached)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, params=np.array(json.dumps(params, sort_keys=True)), **arrays)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
         return True
     except OSError as e:
         warnings.warn(f"shapes: could not write cache {path} ({e}); continuing", stacklevel=3)
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
         return False
 
 

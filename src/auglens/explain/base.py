@@ -19,12 +19,12 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import AuglensError
 from ..models.registry import default_target_layer, get_module
 from ..registry import Registry
+from ..utils import upsample  # noqa: F401 - re-exported: maps → input size
 
 #: name -> Explainer subclass; ``EXPLAINERS.get(name)(model, target_layer)`` builds one.
 EXPLAINERS: Registry = Registry("explainer")
@@ -90,17 +90,6 @@ class Explanation:
             vals = [getattr(p, f.name) for p in parts]
             out[f.name] = None if vals[0] is None else torch.cat(vals)
         return Explanation(**out)
-
-
-def upsample(maps: Tensor, size: int | tuple[int, int]) -> Tensor:
-    """Maps (B, h, w) → (B, H, W) by bilinear interpolation, ``align_corners=False``.
-
-    Use only when a metric needs input resolution; record that it was used.
-    """
-    if maps.ndim != 3:
-        raise AuglensError(f"upsample expects maps of shape (B, h, w), got {tuple(maps.shape)}")
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import math
 import os
 import tempfile
@@ -80,14 +79,11 @@ LN2 = math.log(2.0)
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """sha256 of the model's state dict (names, dtypes, shapes, bytes): ties an estimator to the
-    exact weights it was fitted on."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    """The weights identity of ``model`` (`auglens.models.weights_fingerprint`: equals the sha256
+    of its saved weights file): ties an estimator to the exact weights it was fitted on."""
+    from ..models import weights_fingerprint
+
+    return weights_fingerprint(model)
 
 
 @dataclass(frozen=True, eq=False)

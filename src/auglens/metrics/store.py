@@ -28,18 +28,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import CellConfig, DissectConfig, EvaluateConfig, config_hash
+from ..config import CellConfig, DissectConfig, EvaluateConfig
+from ..data import load_dataset
 from ..errors import AuglensError
-from ..explain.base import upsample
-from ..explain.store import cell_weights, explanation_path, load_cell_model, read_explanation
-from ..train.grid import cell_dir
-from ..train.trainer import WEIGHTS, load_dataset
-from ..utils import atomic_path, resolve_device
+from ..models import load_model
+from ..rundir import RunDir, content_key, read_key, read_tensors, table_metadata, write_table
+from ..utils import resolve_device, upsample
 from .alignment import box_fraction, boxes_to_mask, effective_heat_ratio, energy_pointing_game
 from .dissection import dissect_cached, probe_fingerprint
 from .faithfulness import deletion_insertion_curves, faithfulness_scores
 
-KEY = b"auglens_key"
 #: images per alignment chunk (maps upsampled to input size only this many at a time)
 ALIGN_CHUNK = 1000
 #: evaluate settings that change per-cell numbers (filters and the CI act at aggregation).
@@ -47,74 +45,22 @@ _CELL_FIELDS = ("alignment", "faithfulness", "n_images", "n_steps", "n_random", 
                 "blur_sigma", "seed")
 
 
-def _tail(seed: int, epoch: int | None) -> str:
-    return f"seed{seed}" if epoch is None else f"seed{seed}-epoch{epoch:03d}"
+def _run(run_dir: str | Path | RunDir) -> RunDir:
+    return run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
 
 
-def evaluation_path(run_dir: str | Path, method: str, variant: str, seed: int,
-                    epoch: int | None = None) -> Path:
-    return Path(run_dir) / "evaluation" / method / variant / f"{_tail(seed, epoch)}.parquet"
-
-
-def curves_path(run_dir: str | Path, method: str, variant: str, seed: int,
-                epoch: int | None = None) -> Path:
-    return (Path(run_dir) / "evaluation" / method / variant
-            / f"{_tail(seed, epoch)}-curves.parquet")
-
-
-def dissection_path(run_dir: str | Path, variant: str, seed: int) -> Path:
-    return Path(run_dir) / "dissection" / variant / f"seed{seed}.parquet"
-
-
-def write_keyed(df: pd.DataFrame, path: Path, key: str,
-                extra: dict[str, str] | None = None) -> Path:
-    """Write ``df`` as Parquet (atomically) with ``key`` (and ``extra``) in the schema metadata."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    meta = dict(table.schema.metadata or {})
-    meta[KEY] = key.encode()
-    for k, v in (extra or {}).items():
-        meta[f"auglens_{k}".encode()] = str(v).encode()
-    with atomic_path(path) as tmp:
-        pq.write_table(table.replace_schema_metadata(meta), tmp)
-    return path
-
-
-def read_key(path: Path) -> str | None:
-    """The key stored by `write_keyed`, or None if the file is missing or unreadable."""
-    import pyarrow.parquet as pq
-
-    if not path.is_file():
-        return None
-    try:
-        meta = pq.read_schema(path).metadata or {}
-    except Exception:  # corrupt file: recompute
-        return None
-    v = meta.get(KEY)
-    return v.decode() if v else None
-
-
-def read_metadata(path: Path) -> dict[str, str]:
-    import pyarrow.parquet as pq
-
-    meta = pq.read_schema(path).metadata or {}
-    return {k.decode()[8:]: v.decode() for k, v in meta.items() if k.startswith(b"auglens_")}
-
-
-def _explanation(run_dir: Path, method: str, variant: str, seed: int, tensors: bool = True,
-                 epoch: int | None = None):
-    path = explanation_path(run_dir, method, variant, seed, epoch)
+def _explanation(run: RunDir, method: str, variant: str, seed: int, tensors: bool = True,
+                 epoch: int | None = None) -> tuple[dict, dict[str, str]]:
+    path = run.explanation(method, variant, seed, epoch)
     if not path.is_file():
         raise AuglensError(f"no {method} explanation for {variant}/seed{seed} ({path}); run "
-                           f"`auglens explain {run_dir} --method {method}` first")
-    return read_explanation(path, tensors)
+                           f"`auglens explain {run.root} --method {method}` first")
+    return read_tensors(path, tensors, what="explanation file")
 
 
 def evaluate_key(expl_key: str, ecfg: EvaluateConfig) -> str:
     cfg = {f: getattr(ecfg, f) for f in _CELL_FIELDS}
-    return config_hash({"explanation": expl_key, "evaluate": cfg, "version": 1})
+    return content_key({"explanation": expl_key, "evaluate": cfg, "version": 2})
 
 
 def regions_of(test: Any, ids: torch.Tensor) -> torch.Tensor | None:
@@ -142,20 +88,19 @@ def evaluate_cell(
 ) -> tuple[Path, bool]:
     """Alignment and faithfulness of one cell's stored ``method`` maps (of its checkpoint after
     ``epoch`` if given) → (file, cached)."""
-    run_dir = Path(run_dir)
-    _, meta = _explanation(run_dir, method, variant, seed, False, epoch)  # header only
-    key = evaluate_key(meta.get("key", ""), ecfg)
-    path = evaluation_path(run_dir, method, variant, seed, epoch)
-    cpath = curves_path(run_dir, method, variant, seed, epoch)
+    run = _run(run_dir)
+    key = evaluate_key(read_key(run.explanation(method, variant, seed, epoch)) or "", ecfg)
+    path = run.evaluation(method, variant, seed, epoch)
+    cpath = run.curves(method, variant, seed, epoch)
     if not force and read_key(path) == key and (not ecfg.faithfulness or read_key(cpath) == key):
         return path, True
-    tensors, _ = _explanation(run_dir, method, variant, seed, True, epoch)
+    tensors, _ = _explanation(run, method, variant, seed, True, epoch)
     data = load_dataset(cfg)
     ids = tensors["image_ids"].long()
     size = tuple(data.test.images.shape[-2:])
     raw = tensors["maps"].float()
     if not torch.isfinite(raw).all():
-        where = explanation_path(run_dir, method, variant, seed, epoch)
+        where = run.explanation(method, variant, seed, epoch)
         raise AuglensError(f"{where}: maps contain NaN or inf; re-run `auglens explain --force`")
     targets = tensors["targets"].long()
     probs = torch.softmax(tensors["logits"].double(), 1)
@@ -188,8 +133,7 @@ def evaluate_cell(
         n = len(ids) if ecfg.n_images is None else min(ecfg.n_images, len(ids))
         sel = ids[:n]
         dev = resolve_device(device)
-        cdir = cell_dir(run_dir, variant, seed)
-        model = load_cell_model(cdir, cfg, data.num_classes, cell_weights(cdir, epoch)[0]).to(dev)
+        model = load_model(cfg.model, data.num_classes, run.weights(variant, seed, epoch)).to(dev)
         images = data.normalize(data.test.images[sel].to(dev).float().div_(255))
         curves = deletion_insertion_curves(
             model, images, upsample(raw[:n], size).to(dev), targets[:n].to(dev),
@@ -214,10 +158,34 @@ def evaluate_cell(
     df = (pd.concat(rows, ignore_index=True) if rows
           else pd.DataFrame({"image_id": pd.Series(dtype="int64"), "metric": pd.Series(dtype=str),
                              "value": pd.Series(dtype="float64")}))
+    ident = _identity(method, variant, seed, epoch)
     if curves_df is not None:
-        write_keyed(curves_df, cpath, key)
-    write_keyed(df, path, key, {"notes": json.dumps(notes), "method": method})
+        write_table(_with_identity(curves_df, ident), cpath, key, ident)
+    write_table(_with_identity(df, ident), path, key,
+                {"notes": json.dumps(notes, sort_keys=True)} | ident)
     return path, False
+
+
+def _with_identity(df: pd.DataFrame, ident: dict[str, str]) -> pd.DataFrame:
+    """``df`` with the identity columns in front (``method``, ``variant``, ``seed``, ``epoch``;
+    epoch null for the final weights), so files read without auglens keep them."""
+    cols = {"method": ident.get("method"), "variant": ident["variant"],
+            "seed": int(ident["seed"]),
+            "epoch": None if ident["epoch"] == "final" else int(ident["epoch"])}
+    front = {k: v for k, v in cols.items() if k != "method" or v is not None}
+    out = df.copy()
+    for i, (k, v) in enumerate(front.items()):
+        out.insert(i, k, pd.Series([v] * len(out), dtype="Int64" if k in ("seed", "epoch")
+                                   else "object", index=out.index))
+    return out
+
+
+def _identity(method: str | None, variant: str, seed: int, epoch: int | None = None
+              ) -> dict[str, str]:
+    """Which cell a per-cell result file belongs to (also in its metadata)."""
+    out = {"variant": variant, "seed": str(seed),
+           "epoch": "final" if epoch is None else str(epoch)}
+    return out | ({"method": method} if method else {})
 
 
 # ----------------------------------------------------------------------------- dissection
@@ -229,7 +197,7 @@ def dissect_key(cfg: CellConfig, weights_sha: str, dcfg: DissectConfig) -> str:
            "quantile": dcfg.quantile, "iou": dcfg.iou_threshold, "version": 1}
     if dcfg.probe != "dataset":
         obj["probe"] = [dcfg.probe, str(dcfg.broden_root)]
-    return config_hash(obj)
+    return content_key(obj)
 
 
 @functools.lru_cache(maxsize=2)
@@ -267,30 +235,41 @@ def dissect_cell(
 ) -> tuple[Path, bool]:
     """Network Dissection of one cell's target layer on the probe set of ``dcfg`` (`probe_set`)
     → (per-unit table file, cached)."""
-    run_dir = Path(run_dir)
-    cdir = cell_dir(run_dir, variant, seed)
-    rec = cdir / "record.json"
-    if not rec.is_file():
-        raise AuglensError(f"cell {variant}/seed{seed} is not trained yet ({cdir})")
-    weights_sha = json.loads(rec.read_text())["weights_sha256"]
-    key = dissect_key(cfg, weights_sha, dcfg)
-    path = dissection_path(run_dir, variant, seed)
+    run = _run(run_dir)
+    rec = run.record(variant, seed)
+    if rec is None:
+        raise AuglensError(f"cell {variant}/seed{seed} is not trained yet "
+                           f"({run.cell(variant, seed)})")
+    key = dissect_key(cfg, rec.weights_sha256, dcfg)
+    path = run.dissection(variant, seed)
     if not force and read_key(path) == key:
         return path, True
     data = load_dataset(cfg)
     images, concepts, names, cats = probe_set(data, dcfg, cfg.data.name)
-    model = load_cell_model(cdir, cfg, data.num_classes).to(resolve_device(device))
+    model = load_model(cfg.model, data.num_classes, run.weights(variant, seed))
+    model = model.to(resolve_device(device))
     probe = probe_fingerprint(images, concepts, names, cats)
+    cache = run.dissection_cache(variant, seed)
     if force:
-        for old in cdir.glob("dissection-*.parquet"):
+        for old in cache.glob("dissection-*.parquet"):
             old.unlink()
     result = dissect_cached(
-        model, images, concepts, data.normalize, names, cats, checkpoint_path=cdir / WEIGHTS,
-        cache_dir=cdir, layer=cfg.model.target_layer,
-        probe_key=probe, batch_size=dcfg.batch_size, iou_threshold=dcfg.iou_threshold,
-        quantile=dcfg.quantile,
+        model, images, concepts, data.normalize, names, cats,
+        checkpoint_path=run.weights(variant, seed), cache_dir=cache,
+        layer=cfg.model.target_layer, probe_key=probe, batch_size=dcfg.batch_size,
+        iou_threshold=dcfg.iou_threshold, quantile=dcfg.quantile,
     )  # fmt: skip
     table = result.table()
     table.insert(0, "layer", result.layer)
-    write_keyed(table, path, key, {"summary": json.dumps(result.summary())})
+    ident = _identity(None, variant, seed)
+    write_table(_with_identity(table, ident), path, key,
+                {"summary": json.dumps(result.summary(), sort_keys=True)} | ident)
     return path, False
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The ``auglens_*`` metadata of a per-cell result file; a clear error if unreadable."""
+    meta = table_metadata(path)
+    if meta is None:
+        raise AuglensError(f"missing or unreadable result file {path}")
+    return meta

@@ -5,8 +5,11 @@ from .registry import (
     build_model,
     default_target_layer,
     get_module,
+    load_model,
     load_weights,
     save_weights,
+    weights_fingerprint,
+    weights_sha256,
 )
 
 __all__ = [
@@ -14,6 +17,9 @@ __all__ = [
     "build_model",
     "default_target_layer",
     "get_module",
+    "load_model",
     "load_weights",
     "save_weights",
+    "weights_fingerprint",
+    "weights_sha256",
 ]

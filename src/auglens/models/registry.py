@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +15,7 @@ from torch import Tensor, nn
 
 from ..errors import AuglensError
 from ..registry import Registry
+from ..utils import atomic_path
 from .small import FastResNet, SmallResNet
 
 #: name -> factory(num_classes, **params) -> nn.Module with attribute ``default_target_layer``
@@ -136,7 +136,34 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
     return modules[name]
 
 
+def load_model(model_cfg: Any, num_classes: int, weights: str | Path | None = None) -> nn.Module:
+    """The model a config's ``model`` section names (``name``, ``input_size``, ``params()``), with
+    ``weights`` loaded (None: ``model_cfg.checkpoint`` or random init), in eval mode."""
+    checkpoint = weights if weights is not None else getattr(model_cfg, "checkpoint", None)
+    return build_model(model_cfg.name, num_classes, model_cfg.input_size, checkpoint,
+                       **model_cfg.params()).eval()
+
+
+def weights_sha256(path: str | Path) -> str:
+    """The identity of a set of weights: the sha256 of its safetensors file (what `save_weights`
+    returns and every record, key and cache stores)."""
+    return file_sha256(path)
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """The same identity computed from a model in memory: sha256 of the safetensors bytes of its
+    state dict (CPU, contiguous) — equal to `weights_sha256` of the file `save_weights` writes."""
+    from safetensors.torch import save
+
+    return hashlib.sha256(save(_state(model))).hexdigest()
+
+
+def _state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
 def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (read in 1 MiB chunks)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -150,15 +177,8 @@ def save_weights(model: nn.Module, path: str | Path) -> str:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(_state(model), tmp)
     return file_sha256(path)
 
 

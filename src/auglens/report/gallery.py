@@ -15,8 +15,8 @@ import torch  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
 
 from ..errors import AuglensError  # noqa: E402
-from ..explain.base import upsample  # noqa: E402
-from ..explain.store import explanation_path, read_explanation  # noqa: E402
+from ..explain.store import read_explanation  # noqa: E402
+from ..utils import upsample  # noqa: E402
 from .html import esc, img_html  # noqa: E402
 from .load import Run  # noqa: E402
 
@@ -58,9 +58,10 @@ def _test_images(run: Run) -> tuple[_Images | None, list[str] | None, str | None
     """(test images uint8, class names, reason if unavailable) of the run's dataset."""
     cfg = run.config
     if cfg is None:
-        return None, None, run.reason("experiment.json") + "; images not shown, maps only"
+        why = run.reason(run.rel(run.rundir.experiment))
+        return None, None, why + "; images not shown, maps only"
     try:
-        from ..train.trainer import load_dataset
+        from ..data import load_dataset
 
         data = load_dataset(cfg.cells()[0][2])
     except Exception as e:  # noqa: BLE001 - the gallery still shows the maps
@@ -97,21 +98,22 @@ def build_gallery(run: Run, highlight: dict[int, str], n_default: int = 6) -> Ga
     out = Gallery()
     methods = run.explained_methods
     if not methods:
-        out.missing.append(run.reason("explanations/") + "; no maps to show")
+        out.missing.append(run.reason(run.rel(run.rundir.explanations_root) + "/") + "; no maps "
+                           "to show")
         return out
     base = run.baseline
-    seed = next((s for s in run.seeds if explanation_path(run.dir, methods[0], base, s).is_file()),
-                None)
+    seed = next((s for s in run.seeds
+                 if run.rundir.explanation(methods[0], base, s).is_file()), None)
     if seed is None:
-        out.missing.append(run.reason(f"explanations/{methods[0]}/{base}/seed"
-                                      f"{run.seeds[0] if run.seeds else 0}.safetensors"))
+        first = run.rundir.explanation(methods[0], base, run.seeds[0] if run.seeds else 0)
+        out.missing.append(run.reason(run.rel(first)))
         return out
     out.seed = seed
     maps: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for method in methods:
         maps[method] = {}
         for variant in [base] + [v for v in run.variants if v != base]:
-            rel = f"explanations/{method}/{variant}/seed{seed}.safetensors"
+            rel = run.rel(run.rundir.explanation(method, variant, seed))
             try:
                 t, _ = read_explanation(run.path(rel))
             except AuglensError as e:

@@ -10,74 +10,35 @@ from typing import Any
 import pandas as pd
 
 from ..errors import AuglensError
+from ..rundir import ROOT_METHOD, RunDir, stage_of
 
-STUDY_A = "`auglens compare RUN_DIR` or `auglens run`"
-EVALUATE = "`auglens evaluate RUN_DIR` or `auglens run`"
-DISSECT = "`auglens dissect RUN_DIR` or `auglens run`"
-STUDY_B = f"{EVALUATE} (alignment, faithfulness) and {DISSECT} (dissection)"
-
-#: path prefix (relative to the run directory) → what writes it; longest prefix wins.
-PRODUCERS = {
-    "experiment.json": "`auglens run`, first thing",
-    "cells/": "the train stage of `auglens run`",
-    "run.log": "`auglens run`",
-    "stages/": "`auglens run`",
-    "explanations/": "`auglens explain RUN_DIR` or `auglens run`",
-    "tables/performance.parquet": "the train stage of `auglens run`",
-    "tables/matching.parquet": "the train stage of `auglens run`",
-    "tables/interpretability_matched.parquet": EVALUATE,
-    "tables/label_mixing.parquet": EVALUATE,
-    "tables/accuracy_points_b.parquet": EVALUATE,
-    "tables/accuracy_correlation_b.parquet": EVALUATE,
-    "plots/accuracy_b.png": EVALUATE,
-    "tables/": STUDY_A,
-    "plots/": STUDY_A,
-    "tables/interpretability.parquet": EVALUATE,
-    "tables/summary_b.parquet": EVALUATE,
-    "tables/alignment_counts.parquet": EVALUATE,
-    "tables/curves.parquet": EVALUATE,
-    "tables/conventions_b.json": EVALUATE,
-    "tables/dissection": DISSECT,
-    "plots/alignment.png": EVALUATE,
-    "plots/deletion_insertion_curves.png": EVALUATE,
-    "plots/faithfulness_scores.png": EVALUATE,
-    "plots/label_mixing.png": EVALUATE,
-    "plots/dissection_detectors.png": DISSECT,
+#: what writes the outputs of each stage (for "missing — written by …" messages)
+COMMANDS = {
+    "run": "`auglens run`",
+    "train": "the train stage of `auglens run`",
+    "explain": "`auglens explain RUN_DIR` or `auglens run`",
+    "compare": "`auglens compare RUN_DIR` or `auglens run`",
+    "evaluate": "`auglens evaluate RUN_DIR` or `auglens run`",
+    "dissect": "`auglens dissect RUN_DIR` or `auglens run`",
+    "report": "`auglens report RUN_DIR` or `auglens run`",
 }
-
-
-#: the pipeline stage (stages/timings.json "skipped") that writes a path prefix
-STAGE_OF = {"cells/": "train", "explanations/": "explain", "tables/dissection": "dissect",
-            "plots/dissection": "dissect", "tables/interpretability": "evaluate",
-            "tables/summary_b": "evaluate", "tables/alignment_counts": "evaluate",
-            "tables/curves": "evaluate", "plots/alignment": "evaluate",
-            "plots/deletion_insertion": "evaluate", "plots/faithfulness": "evaluate",
-            "plots/label_mixing": "evaluate", "tables/performance": "train",
-            "tables/matching": "train", "tables/label_mixing": "evaluate",
-            "tables/accuracy_points_b": "evaluate", "tables/accuracy_correlation_b": "evaluate",
-            "plots/accuracy_b": "evaluate",
-            "tables/": "compare", "plots/": "compare"}
-
-
-def _longest(prefixes: dict[str, str], rel: str) -> str:
-    return max((p for p in prefixes if rel.startswith(p)), key=len, default="")
 
 
 def producer(rel: str) -> str:
     """The command that writes ``rel`` (a path relative to the run directory)."""
-    best = _longest(PRODUCERS, rel)
-    if best == "tables/" or best == "plots/":
-        parts = rel.split("/")
-        if len(parts) == 3:  # tables/<method>/x.parquet: another method's Study A
-            return f"`auglens compare RUN_DIR --method {parts[1]}`"
-    return PRODUCERS.get(best, "`auglens run`")
+    stage = stage_of(rel)
+    parts = rel.split("/")
+    if stage == "compare" and len(parts) == 3:  # tables/<method>/x: another method's Study A
+        return f"`auglens compare RUN_DIR --method {parts[1]}`"
+    return COMMANDS[stage]
 
 
 class Run:
     """Lazy, fault-tolerant access to one run directory's files."""
 
     def __init__(self, run_dir: str | Path) -> None:
-        self.dir = Path(run_dir)
+        self.rundir = RunDir(run_dir)
+        self.dir = self.rundir.root
         if not self.dir.is_dir():
             raise AuglensError(f"run directory not found: {self.dir}")
         self._tables: dict[str, pd.DataFrame | None] = {}
@@ -87,11 +48,23 @@ class Run:
         """Absolute path of ``rel``."""
         return self.dir / rel
 
+    def rel(self, path: Path) -> str:
+        """``path`` relative to the run directory."""
+        return self.rundir.relative(path)
+
+    def t(self, name: str, method: str | None = None, ext: str = "parquet") -> str:
+        """Relative path of table ``name`` (of ``method``'s Study A when given)."""
+        return self.rel(self.rundir.tables(method) / f"{name}.{ext}")
+
+    def p(self, name: str, method: str | None = None) -> str:
+        """Relative path of plot ``name`` (of ``method``'s Study A when given)."""
+        return self.rel(self.rundir.plot(name, method))
+
     def reason(self, rel: str) -> str:
         """Why ``rel`` is unavailable: missing (and which command writes it) or unreadable."""
         if rel in self._errors:
             return f"{rel} could not be read ({self._errors[rel]})"
-        stage = STAGE_OF.get(_longest(STAGE_OF, rel), "")
+        stage = stage_of(rel)
         why = self.skipped.get(stage)
         if why:
             return f"{rel} is missing: the {stage} stage was skipped ({why})"
@@ -100,7 +73,7 @@ class Run:
     @cached_property
     def timings(self) -> dict[str, Any]:
         """stages/timings.json (stage → seconds, plus ``skipped``: stage → reason), or {}."""
-        t = self.json("stages/timings.json")
+        t = self.json(self.rel(self.rundir.timings))
         return t if isinstance(t, dict) else {}
 
     @property
@@ -136,7 +109,7 @@ class Run:
     @cached_property
     def experiment(self) -> dict[str, Any] | None:
         """experiment.json as a dict."""
-        exp = self.json("experiment.json")
+        exp = self.json(self.rel(self.rundir.experiment))
         return exp if isinstance(exp, dict) else None
 
     @cached_property
@@ -149,7 +122,7 @@ class Run:
         try:
             return ExperimentConfig.model_validate(self.experiment)
         except Exception as e:  # noqa: BLE001
-            self._errors["experiment.json"] = f"invalid config: {e}"
+            self._errors[self.rel(self.rundir.experiment)] = f"invalid config: {e}"
             return None
 
     def train_setting(self, key: str, default: Any = None) -> Any:
@@ -179,22 +152,17 @@ class Run:
     def records(self) -> dict[tuple[str, int], dict[str, Any]]:
         """``cells/<variant>/seed<k>/record.json`` of every finished cell."""
         out = {}
-        for p in sorted(self.dir.glob("cells/*/seed*/record.json")):
-            try:
-                rec = json.loads(p.read_text())
-                seed = int(p.parent.name.removeprefix("seed"))
-            except (OSError, ValueError):
-                continue
-            out[(p.parent.parent.name, seed)] = rec
+        for variant, seed in self.rundir.trained_cells():
+            rec = self.rundir.record(variant, seed)
+            if rec is not None:
+                out[(variant, seed)] = dict(rec.raw)
         return out
 
     @cached_property
     def stages(self) -> dict[str, dict[str, Any]]:
         """``stages/*.json`` manifests by name."""
         out = {}
-        for p in sorted(self.dir.glob("stages/*.json")):
-            if p.name == "timings.json":
-                continue
+        for p in self.rundir.manifests():
             try:
                 out[p.stem] = json.loads(p.read_text()) | {"_mtime": p.stat().st_mtime}
             except (OSError, ValueError):
@@ -204,20 +172,8 @@ class Run:
     @cached_property
     def explained_methods(self) -> list[str]:
         """Methods with an explanations/<method>/ folder, gradcam first."""
-        root = self.dir / "explanations"
-        names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        return sorted(names, key=lambda m: (m != "gradcam", m))
+        return sorted(self.rundir.explained_methods(), key=lambda m: (m != ROOT_METHOD, m))
 
     def study_a_methods(self) -> list[str]:
         """Methods with Study A tables: gradcam (``tables/``) and ``tables/<method>/``."""
-        out = ["gradcam"] if self.path("tables/summary_a.parquet").is_file() else []
-        root = self.dir / "tables"
-        if root.is_dir():
-            out += sorted(p.name for p in root.iterdir()
-                          if p.is_dir() and (p / "summary_a.parquet").is_file())
-        return out
-
-
-def method_dir(kind: str, method: str) -> str:
-    """``tables``/``plots`` folder (relative) of a method's Study A outputs."""
-    return kind if method == "gradcam" else f"{kind}/{method}"
+        return self.rundir.study_a_methods()

@@ -8,7 +8,7 @@ import pandas as pd
 
 from .gallery import METHOD_NAMES
 from .html import Cell, Section, ci_cell, fmt, path_png
-from .load import Run, method_dir
+from .load import Run
 
 NOISE_FLOOR = "noise_floor"
 _DISTANCES = ("mad", "msd", "com_shift", "class_kld", "emd")
@@ -189,11 +189,10 @@ def study_a_section(run: Run) -> Section:
 
 
 def _method_block(sec: Section, run: Run, method: str, several: bool) -> str:
-    tdir, pdir = method_dir("tables", method), method_dir("plots", method)
-    summary = run.table(f"{tdir}/summary_a.parquet")
+    summary = run.table(run.t("summary_a", method))
     reading = ""
     if summary is None:
-        sec.miss(run.reason(f"{tdir}/summary_a.parquet"))
+        sec.miss(run.reason(run.t("summary_a", method)))
         reading = (f"Study A has not been computed for {_name(method)} in this run directory, "
                    "so there is nothing to compare yet.")
     else:
@@ -222,20 +221,20 @@ def _method_block(sec: Section, run: Run, method: str, several: bool) -> str:
         if several:
             sec.text(reading, md=False)
     for name, caption in _PLOTS_A:
-        rel = f"{pdir}/{name}.png"
+        rel = run.p(name, method)
         png = path_png(run.path(rel))
         if png is None:
             sec.miss(run.reason(rel))
         else:
             sec.figure(png, caption, rel, collapsed=name == "correlation_per_metric")
-    acc = run.table(f"{tdir}/accuracy_correlation_a.parquet")
+    acc = run.table(run.t("accuracy_correlation_a", method))
     if acc is not None and len(acc):
         sec.table(acc, f"{_name(method)}: Spearman's ρ between each model's mean similarity to "
                   "the baseline and its validation accuracy (cells; all = cells + baseline "
                   "checkpoints): a strong ρ means divergence tracks accuracy", collapsed=True)
-    pf = run.table(f"{tdir}/pair_frequency.parquet")
+    pf = run.table(run.t("pair_frequency", method))
     if pf is None:
-        sec.miss(run.reason(f"{tdir}/pair_frequency.parquet"))
+        sec.miss(run.reason(run.t("pair_frequency", method)))
     else:
         sub = pf[pf.method == "pearson"] if (pf.method == "pearson").any() else pf
         k = int(sub.k.iloc[0]) if len(sub) else 0
@@ -249,9 +248,9 @@ def _method_block(sec: Section, run: Run, method: str, several: bool) -> str:
             sec.text(f"Most consistently alike: {top.variant_a} & {top.variant_b} (top-{k} in "
                      f"{top.top_count} of {top.n_metrics} metrics); least alike: {bot.variant_a} "
                      f"& {bot.variant_b} (bottom-{k} in {bot.bottom_count}).")
-    cl = run.table(f"{tdir}/clusters.parquet")
+    cl = run.table(run.t("clusters", method))
     if cl is None:
-        sec.miss(run.reason(f"{tdir}/clusters.parquet"))
+        sec.miss(run.reason(run.t("clusters", method)))
     else:
         g = cl.groupby("cluster")["variant"].apply(lambda s: ", ".join(map(str, s)))
         sec.table(pd.DataFrame({"cluster": g.index, "augmentations": g.to_numpy()}),
@@ -265,11 +264,10 @@ def changed_section(run: Run) -> tuple[Section, dict[int, str]]:
     sec = Section("changed", "What changed most")
     methods = run.study_a_methods() or ["gradcam"]
     method = methods[0]
-    tdir = method_dir("tables", method)
-    per = run.table(f"{tdir}/similarity_seed_mean.parquet")
-    summary = run.table(f"{tdir}/summary_a.parquet")
+    per = run.table(run.t("similarity_seed_mean", method))
+    summary = run.table(run.t("summary_a", method))
     if per is None:
-        sec.miss(run.reason(f"{tdir}/similarity_seed_mean.parquet"))
+        sec.miss(run.reason(run.t("similarity_seed_mean", method)))
         sec.reading = "Without Study A tables there is nothing to rank yet."
         return sec, {}
     per = per[per.target == "predicted"] if "target" in per else per
@@ -283,7 +281,7 @@ def changed_section(run: Run) -> tuple[Section, dict[int, str]]:
     has_floor = (per.variant == NOISE_FLOOR).any()
     rows = [r for r in (_variant_row(per, summary, m) for m in metrics) if r is not None]
     if not rows:
-        sec.miss(f"{tdir}/similarity_seed_mean.parquet has no augmented variant to rank")
+        sec.miss(f"{run.t('similarity_seed_mean', method)} has no augmented variant to rank")
         return sec, {}
     table = pd.concat(rows, ignore_index=True)
     main_rows = table[table.metric == main]

@@ -19,10 +19,9 @@ AUCS = ["auc_deletion_morf", "auc_deletion_lerf", "auc_deletion_random",
         "auc_insertion_morf", "auc_insertion_lerf", "auc_insertion_random"]
 SCORES = ["delta_del", "delta_ins", "lerf_morf_del", "lerf_morf_ins"]
 MIXING_METRICS = ALIGNMENT + SCORES
-TABLES = [f"tables/{n}.parquet" for n in ("summary_b", "alignment_counts", "curves",
-                                          "dissection_summary", "dissection")]
-PLOTS = [f"plots/{n}.png" for n in ("alignment", "deletion_insertion_curves",
-                                    "faithfulness_scores", "label_mixing", "dissection_detectors")]
+TABLES = ("summary_b", "alignment_counts", "curves", "dissection_summary", "dissection")
+PLOTS = ("alignment", "deletion_insertion_curves", "faithfulness_scores", "label_mixing",
+         "dissection_detectors")
 
 
 def _wide(summary: pd.DataFrame, metrics: list[str], order: list[str]) -> pd.DataFrame:
@@ -52,7 +51,7 @@ def _wide(summary: pd.DataFrame, metrics: list[str], order: list[str]) -> pd.Dat
 
 def _plot(sec: Section, run: Run, name: str, caption: str,
           fallback: Callable[[], bytes] | None) -> None:
-    rel = f"plots/{name}.png"
+    rel = run.p(name)
     png = path_png(run.path(rel))
     if png is not None:
         sec.figure(png, caption, rel)
@@ -90,15 +89,16 @@ def _vs_baseline(summary: pd.DataFrame, metric: str, method: str, base: str) -> 
 def study_b_section(run: Run) -> Section:
     """All Study B parts; each says which table is missing when it cannot be shown."""
     sec = Section("study-b", "Study B: interpretability of each model")
-    present = [rel for rel in TABLES + PLOTS if run.path(rel).is_file()]
+    present = [rel for rel in [run.t(n) for n in TABLES] + [run.p(n) for n in PLOTS]
+               if run.path(rel).is_file()]
     if not present:
-        sec.miss(run.reason("tables/summary_b.parquet") + " (alignment and faithfulness)")
-        sec.miss(run.reason("tables/dissection_summary.parquet") + " (Network Dissection)")
+        sec.miss(run.reason(run.t("summary_b")) + " (alignment and faithfulness)")
+        sec.miss(run.reason(run.t("dissection_summary")) + " (Network Dissection)")
         sec.reading = ("Study B (alignment with the object, deletion/insertion faithfulness, "
                        "label-mixing pairs, Network Dissection) has not been run for this run "
                        "directory, so there is nothing to show yet.")
         return sec
-    full = run.table("tables/summary_b.parquet")
+    full = run.table(run.t("summary_b"))
     summary = full
     if full is not None and "reference" in full:
         summary = full[full.reference == "final"]
@@ -112,14 +112,14 @@ def study_b_section(run: Run) -> Section:
     sec.sub("Alignment with the object")
     no_alignment = summary is not None and not summary.metric.isin(ALIGNMENT).any()
     if summary is None:
-        sec.miss(run.reason("tables/summary_b.parquet"))
+        sec.miss(run.reason(run.t("summary_b")))
     elif no_alignment:
-        notes = (run.json("tables/conventions_b.json") or {}).get("notes") or {}
+        notes = (run.json(run.t("conventions_b", ext="json")) or {}).get("notes") or {}
         why = next((n.get("alignment") for n in notes.values()
                     if str(n.get("alignment", "")).startswith("skipped")), None)
         sec.miss("alignment was not computed: " + (
             why.removeprefix("skipped: ") if why else "no alignment metrics in "
-            "tables/summary_b.parquet (evaluate.alignment is false, or the dataset has no "
+            f"{run.t('summary_b')} (evaluate.alignment is false, or the dataset has no "
             "object masks or boxes)"))
     else:
         sec.table(_wide(summary, ALIGNMENT, order), "Energy Pointing Game (share of map energy "
@@ -130,24 +130,24 @@ def study_b_section(run: Run) -> Section:
             readings.append(f"With {mname}, {best} puts the largest share of its map on the "
                             "object (Energy Pointing Game)"
                             + _vs_baseline(summary, "energy_pointing_game", method, base) + ".")
-    counts = None if no_alignment else run.table("tables/alignment_counts.parquet")
+    counts = None if no_alignment else run.table(run.t("alignment_counts"))
     if counts is None and not no_alignment:
-        sec.miss(run.reason("tables/alignment_counts.parquet"))
+        sec.miss(run.reason(run.t("alignment_counts")))
     elif counts is not None:
         c = counts.copy()
         c["% kept"] = 100.0 * c.n_kept / c.n_images.where(c.n_images > 0)
-        sec.table(c, "Images kept per model by the alignment filters ("
-                  + _filters(run.json("tables/conventions_b.json")) + "); n_used = the images "
-                  "every model is scored on", collapsed=True)
+        filters = _filters(run.json(run.t("conventions_b", ext="json")))
+        sec.table(c, "Images kept per model by the alignment filters (" + filters + "); n_used "
+                  "= the images every model is scored on", collapsed=True)
     if not no_alignment:
         _plot(sec, run, "alignment", "Alignment scores per variant with 95 % CI",
               None if summary is None else
               lambda: figures.ci_bars(summary, ALIGNMENT, "Alignment (mean, 95 % CI)", order))
 
     sec.sub("Deletion and insertion curves")
-    curves = run.table("tables/curves.parquet")
+    curves = run.table(run.t("curves"))
     if curves is None:
-        sec.miss(run.reason("tables/curves.parquet"))
+        sec.miss(run.reason(run.t("curves")))
     _plot(sec, run, "deletion_insertion_curves", "Target-class probability as pixels are "
           "deleted (or inserted) in order of relevance (MoRF), irrelevance (LeRF) or at random",
           None if curves is None or curves.empty else lambda: figures.curves(curves))
@@ -157,7 +157,7 @@ def study_b_section(run: Run) -> Section:
 
     sec.sub("Robustness-corrected faithfulness")
     if summary is None:
-        sec.miss(run.reason("tables/summary_b.parquet"))
+        sec.miss(run.reason(run.t("summary_b")))
     else:
         sec.table(_wide(summary, SCORES, order), "delta_del = AUC_del(random) − AUC_del(MoRF), "
                   "delta_ins = AUC_ins(MoRF) − AUC_ins(random), lerf_morf_* = the same against "
@@ -186,13 +186,13 @@ def study_b_section(run: Run) -> Section:
                       table_id=f"verdicts-b-{meth}")
         _plot(sec, run, "accuracy_b", "Each model's mean score against its validation accuracy "
               "(hollow: baseline checkpoints); ρ = Spearman over models", None)
-        acc = run.table("tables/accuracy_correlation_b.parquet")
+        acc = run.table(run.t("accuracy_correlation_b"))
         if acc is not None and len(acc):
             sec.table(acc, "Spearman's ρ between each model's mean score and its validation "
                       "accuracy (cells; all = cells + baseline checkpoints)", collapsed=True)
 
     sec.sub("Label-mixing pairs")
-    lm = run.table("tables/label_mixing.parquet")
+    lm = run.table(run.t("label_mixing"))
     if lm is not None and len(lm):
         t = lm[lm.metric.isin(MIXING_METRICS)].copy()
         t["with − without [95 % CI]"] = [
@@ -211,7 +211,7 @@ def study_b_section(run: Run) -> Section:
                             f"{METHOD_NAMES.get(r.method, r.method)}).")
         _plot(sec, run, "label_mixing", "Label-mixing pairs", None)
     elif summary is None:
-        sec.miss(run.reason("tables/summary_b.parquet"))
+        sec.miss(run.reason(run.t("summary_b")))
     else:
         pairs = _mixing_pairs(summary)
         if pairs is None:
@@ -229,9 +229,9 @@ def study_b_section(run: Run) -> Section:
             _plot(sec, run, "label_mixing", "Label-mixing pairs", None)
 
     sec.sub("Network Dissection: concept detectors")
-    ds = run.table("tables/dissection_summary.parquet")
+    ds = run.table(run.t("dissection_summary"))
     if ds is None:
-        sec.miss(run.reason("tables/dissection_summary.parquet"))
+        sec.miss(run.reason(run.t("dissection_summary")))
     else:
         table = _detector_table(ds, order)
         sec.table(table, "Units that detect a concept (IoU above threshold), per concept "
@@ -244,9 +244,9 @@ def study_b_section(run: Run) -> Section:
                                and top != base else "") + ").")
     _plot(sec, run, "dissection_detectors", "Detectors per concept category",
           None if ds is None or ds.empty else lambda: figures.detectors(ds, order))
-    det = run.table("tables/dissection.parquet")
+    det = run.table(run.t("dissection"))
     if det is None:
-        sec.miss(run.reason("tables/dissection.parquet"))
+        sec.miss(run.reason(run.t("dissection")))
     else:
         top = det[det.detector.astype(bool)].sort_values("iou", ascending=False).head(15)
         sec.table(top.reset_index(drop=True), "The 15 strongest detectors (highest IoU)",

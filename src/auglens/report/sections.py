@@ -39,7 +39,7 @@ def _duration(seconds: float) -> str:
 
 def _log_span(run: Run) -> float | None:
     try:
-        lines = run.path("run.log").read_text(errors="replace").splitlines()
+        lines = run.rundir.log.read_text(errors="replace").splitlines()
     except OSError:
         return None
     stamps = [datetime.fromisoformat(m.group(1)) for line in lines if (m := _LOG_TIME.match(line))]
@@ -51,7 +51,7 @@ def experiment_section(run: Run) -> Section:
     sec = Section("experiment", "The experiment")
     exp = run.experiment
     if exp is None:
-        sec.miss(run.reason("experiment.json"))
+        sec.miss(run.reason(run.rel(run.rundir.experiment)))
     recs = run.records
     variants, seeds = run.variants, run.seeds
     data = (exp or {}).get("data") or next(iter(recs.values()), {}).get("config", {}).get("data")
@@ -132,9 +132,9 @@ def experiment_section(run: Run) -> Section:
 
 
 def _performance_table(run: Run) -> tuple[pd.DataFrame | None, str]:
-    perf = run.table("tables/performance.parquet")
+    perf = run.table(run.t("performance"))
     if perf is not None:
-        return perf, "tables/performance.parquet"
+        return perf, run.t("performance")
     rows = [{"variant": v, "seed": s, **{k: r.get("test", {}).get(k, float("nan"))
                                          for k in ("accuracy", "precision", "recall", "f1")},
              "train_seconds": r.get("train_seconds", float("nan"))}
@@ -147,11 +147,11 @@ def performance_section(run: Run) -> Section:
     sec = Section("performance", "Classification performance")
     perf, source = _performance_table(run)
     if perf is None or perf.empty:
-        sec.miss(run.reason("tables/performance.parquet") + "; no finished cell records either")
+        sec.miss(run.reason(run.t("performance")) + "; no finished cell records either")
         sec.reading = "No trained model has been evaluated yet."
         return sec
-    if source != "tables/performance.parquet":
-        sec.miss(run.reason("tables/performance.parquet") + f"; read from {source} instead")
+    if source != run.t("performance"):
+        sec.miss(run.reason(run.t("performance")) + f"; read from {source} instead")
     order = {v: i for i, v in enumerate(run.variants)}
     perf = perf.sort_values(["variant", "seed"], key=lambda c: c.map(order).fillna(1e9)
                             if c.name == "variant" else c)

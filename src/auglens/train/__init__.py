@@ -1,15 +1,12 @@
-"""Reproducible training of the augmentation × seed grid."""
+"""Reproducible training of one (augmentation, seed) cell, stopping rules, convergence."""
 
 from .metrics import classification_report, confusion_matrix
-from .trainer import RECORD, WEIGHTS, TrainResult, batch_order, load_dataset, train_cell
+from .trainer import TrainResult, batch_order, train_cell
 
 __all__ = [
-    "RECORD",
-    "WEIGHTS",
     "TrainResult",
     "batch_order",
     "classification_report",
     "confusion_matrix",
-    "load_dataset",
     "train_cell",
 ]

@@ -9,10 +9,11 @@ baseline checkpoint's is that of its epoch.
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from ..rundir import RunDir
 
 
 def matched_epoch(val_accuracy: list[float], target: float) -> int:
@@ -73,10 +74,10 @@ def checkpoints_needed(matching: pd.DataFrame) -> list[tuple[int, int]]:
     return sorted({(int(s), int(e)) for s, e in zip(m.seed, m.baseline_epoch, strict=True)})
 
 
-def matched_checkpoints(exp: Any, run_dir: str | Path) -> list[tuple[int, int]]:
+def matched_checkpoints(exp: Any, run: RunDir) -> list[tuple[int, int]]:
     """(seed, epoch) of the baseline checkpoints the accuracy-matched comparisons of ``exp`` need,
-    from ``RUN/tables/matching.parquet`` (none when matching is off or not computed yet)."""
-    path = Path(run_dir) / "tables" / "matching.parquet"
+    from the run's ``matching`` table (none when matching is off or not computed yet)."""
+    path = run.table("matching")
     if not exp.analysis.matched or not path.is_file():
         return []
     return checkpoints_needed(pd.read_parquet(path))

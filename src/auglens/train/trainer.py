@@ -25,30 +25,15 @@ from torch import Tensor, nn
 
 from ..augment import build_augmentation, jsd_consistency_loss
 from ..config import CellConfig, TrainConfig
-from ..data import DATASETS, Dataset, ImageSet
+from ..data import Dataset, ImageSet, load_dataset
 from ..data.images import iter_batches
-from ..models import build_model, save_weights
+from ..models import build_model, save_weights, weights_fingerprint
 from ..models.precision import autocast, memory_format, resolve_precision
+from ..rundir import CellFiles
 from ..utils import atomic_path, derive_seed, make_generator, resolve_device, software_versions
 from ..utils import write_json as _write_json
 from .metrics import classification_report
 from .stopping import StoppingRule
-
-WEIGHTS = "weights.safetensors"
-RECORD = "record.json"
-AUG_LOG = "augment_log.parquet"
-CHECKPOINTS = "checkpoints"
-
-_DATA_CACHE: dict[str, Dataset] = {}
-
-
-def load_dataset(cfg: CellConfig) -> Dataset:
-    """Build (or reuse, within this process) the dataset a cell config names."""
-    key = cfg.data.model_dump_json()
-    if key not in _DATA_CACHE:
-        _DATA_CACHE.clear()
-        _DATA_CACHE[key] = DATASETS.get(cfg.data.name)(**cfg.data.params())
-    return _DATA_CACHE[key]
 
 
 @contextlib.contextmanager
@@ -156,11 +141,6 @@ class TrainResult:
     weights_path: Path | None
 
 
-def checkpoint_path(cell_dir: str | Path, epoch: int) -> Path:
-    """Weights after ``epoch`` (1-based) of a cell trained with ``keep_checkpoints``."""
-    return Path(cell_dir) / CHECKPOINTS / f"epoch{epoch:03d}.safetensors"
-
-
 def train_cell(
     cfg: CellConfig,
     out_dir: str | Path | None = None,
@@ -173,14 +153,14 @@ def train_cell(
     Trains until ``cfg.train``'s stopping rule (`StoppingRule`) ends it; the model returned and
     saved holds the weights of the best validation epoch (``record["best_epoch"]``), and
     ``record["converged"]`` / ``record["stop_reason"]`` say how training ended.
-    ``keep_checkpoints``: also save the weights after every epoch (`checkpoint_path`), e.g. for
+    ``keep_checkpoints``: also save the weights after every epoch (`CellFiles.checkpoint`), e.g. for
     the baseline's accuracy-matched comparisons.
     """
     tc = cfg.train
     device = resolve_device(tc.device)
     precision = resolve_precision(tc.precision, device)
     data = load_dataset(cfg)
-    out_dir = Path(out_dir) if out_dir is not None else None
+    files = CellFiles(Path(out_dir)) if out_dir is not None else None
     t0 = time.perf_counter()
     with deterministic(tc.threads):
         torch.manual_seed(derive_seed(cfg.seed, "init"))
@@ -192,7 +172,7 @@ def train_cell(
             **cfg.model.params(),
         )
         torch.manual_seed(derive_seed(cfg.seed, "dropout"))
-        init_sha = state_sha256(model)
+        init_sha = weights_fingerprint(model)
         layout = memory_format(model)
         model = model.to(device).to(memory_format=layout)
         order_hash = hashlib.sha256()
@@ -263,8 +243,8 @@ def train_cell(
                 "seconds": time.perf_counter() - t0,
             }
             history.append(entry)
-            if keep_checkpoints and out_dir is not None:
-                checkpoints[epoch + 1] = save_weights(model, checkpoint_path(out_dir, epoch + 1))
+            if keep_checkpoints and files is not None:
+                checkpoints[epoch + 1] = save_weights(model, files.checkpoint(epoch + 1))
             prev_best = rule.best_epoch
             stop = rule.update(entry[tc.monitor])
             if rule.best_epoch != prev_best:
@@ -294,23 +274,14 @@ def train_cell(
         "train_seconds": time.perf_counter() - t0,
     }
     weights_path = None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        weights_path = out_dir / WEIGHTS
+    if files is not None:
+        files.path.mkdir(parents=True, exist_ok=True)
+        weights_path = files.weights
         record["weights_sha256"] = save_weights(model, weights_path)
         if logs:
-            _write_logs(out_dir / AUG_LOG, logs)
-        _write_json(out_dir / RECORD, record)
+            _write_logs(files.augment_log, logs)
+        _write_json(files.record, record)
     return TrainResult(model, record, weights_path)
-
-
-def state_sha256(model: nn.Module) -> str:
-    """sha256 over a model's state dict tensors (names and bytes, in order)."""
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _log_rows(log: dict[str, Tensor], idx: Tensor, epoch: int, step: int) -> dict[str, np.ndarray]:

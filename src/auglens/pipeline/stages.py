@@ -1,0 +1,352 @@
+"""The stages of a run as objects with the same four questions: which tasks (and are they
+cached), which aggregations (and their keys), run me, aggregate me. `auglens run`, its dry-run
+plan and every subcommand (`explain`, `compare`, `evaluate`, `dissect`, `report`) walk them.
+
+    train (one task per variant × seed) → explain (cell × method, plus the accuracy-matched
+    baseline checkpoints) → compare (Study A, per method) / evaluate (cell × method, then Study B
+    tables) / dissect (cell, then tables) → report
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..config import CellConfig, ExperimentConfig
+from ..executors import Executor
+from ..progress import Reporter
+from ..rundir import RunDir, content_key, read_key
+from .tasks import CellTask, DissectTask, EvaluateTask, ExplainTask, TrainTask, execute
+
+STAGES = ("train", "explain", "compare", "evaluate", "dissect", "report")
+
+
+@dataclass
+class Context:
+    """What every stage of one invocation shares."""
+
+    exp: ExperimentConfig
+    run: RunDir
+    executor: Executor
+    rep: Reporter
+    force: frozenset[str] = frozenset()
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """A stage's table-writing step: cached while ``key`` equals the manifest's and every output
+    listed there exists (``key`` None: its inputs are incomplete — always run)."""
+
+    name: str
+    key: str | None
+    run: Callable[[], dict[str, Path]]
+    label: str
+
+
+class Stage:
+    """Base: subclasses set ``name`` and override what applies."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    @property
+    def forced(self) -> bool:
+        return self.name in self.ctx.force
+
+    def skip_reason(self) -> str | None:
+        """Why the stage does not apply to this experiment (None: it does)."""
+        return None
+
+    def tasks(self) -> list[CellTask]:
+        return []
+
+    def cached(self, task: CellTask) -> bool:
+        """True if ``task``'s output exists with the right key (cheap: headers only)."""
+        return False
+
+    def aggregations(self) -> list[Aggregation]:
+        return []
+
+    def aggregation_cached(self, agg: Aggregation) -> bool:
+        return not self.forced and self.ctx.run.manifest_outputs(agg.name, agg.key) is not None
+
+    def run(self) -> None:
+        """Run the uncached tasks on the executor, then `finish`, then the aggregations."""
+        ctx = self.ctx
+        tasks = self.tasks()
+        todo = tasks if self.forced else [t for t in tasks if not self.cached(t)]
+        aggs = self.aggregations()
+        ctx.rep.stage(self.name, len(tasks) + len(aggs),
+                      len(tasks) - len(todo) + sum(self.aggregation_cached(a) for a in aggs))
+        events = ctx.executor.events()
+        with ctx.rep.listen(events):
+            for i, result in ctx.executor.map(execute, [(t, events) for t in todo]):
+                ctx.rep.advance(self.name, self.describe(todo[i], result))
+        self.finish()
+        for agg in self.aggregations():  # keys may depend on what the tasks wrote
+            outs = None if self.forced else ctx.run.manifest_outputs(agg.name, agg.key)
+            if outs is not None:
+                ctx.rep.advance(self.name, f"{agg.label} (cached)")
+                ctx.outputs[agg.name] = outs
+                continue
+            paths = [Path(p) for p in agg.run().values()]
+            ctx.run.write_manifest(agg.name, agg.key, paths)
+            ctx.outputs[agg.name] = paths
+            ctx.rep.advance(self.name, f"{agg.label}: {len(paths)} tables and plots")
+
+    def describe(self, task: CellTask, result: Any) -> str:
+        return task.label
+
+    def finish(self) -> None:
+        """After the tasks, before the aggregations."""
+
+    # ------------------------------------------------------------------ shared helpers
+    def cells(self) -> list[tuple[str, int, CellConfig]]:
+        return self.ctx.exp.cells()
+
+    def explained(self) -> list[tuple[str, int, CellConfig, int | None]]:
+        """Every cell (final weights), plus the baseline checkpoints the accuracy-matched
+        comparisons read: (variant, seed, cell config, epoch or None)."""
+        from ..train.matching import matched_checkpoints
+
+        exp = self.ctx.exp
+        out = [(v, s, c, None) for v, s, c in self.cells()]
+        base = {s: c for v, s, c in self.cells() if v == exp.baseline}
+        out += [(exp.baseline, s, base[s], e)
+                for s, e in matched_checkpoints(exp, self.ctx.run) if s in base]
+        return out
+
+
+class TrainStage(Stage):
+    name = "train"
+
+    def _keep(self, variant: str) -> bool:
+        exp = self.ctx.exp
+        return exp.analysis.matched and variant == exp.baseline
+
+    def tasks(self) -> list[CellTask]:
+        root = str(self.ctx.run.root)
+        return [TrainTask(c.model_dump(mode="json"), root, v, s,
+                          keep_checkpoints=self._keep(v)) for v, s, c in self.cells()]
+
+    def cached(self, task: CellTask) -> bool:
+        return self.ctx.run.cell_done(task.variant, task.seed, task.config.content_hash(),
+                                      self._keep(task.variant))
+
+    def describe(self, task: CellTask, record: Any) -> str:
+        flag = "" if record["converged"] else ", NOT converged"
+        return (f"{task.label}: test accuracy {record['test']['accuracy']:.4f}, best epoch "
+                f"{record['best_epoch']}/{record['epochs_trained']}{flag} "
+                f"({record['train_seconds']:.0f}s)")
+
+    def finish(self) -> None:
+        from ..rundir import write_table
+        from ..train.matching import matching_table, performance_table
+
+        ctx, exp = self.ctx, self.ctx.exp
+        records = {(v, s): dict(ctx.run.record(v, s).raw) for v, s, _ in self.cells()}
+        perf = performance_table(records, exp.analysis.failed_margin)
+        write_table(perf, ctx.run.table("performance"))
+        write_table(matching_table(records, exp.baseline), ctx.run.table("matching"))
+        ctx.outputs["performance"] = perf
+        for row in perf.itertuples():
+            if not row.converged:
+                ctx.rep.message(f"warning: {row.variant}/seed{row.seed} did not converge: "
+                                f"{row.stop_reason}; every comparison with it is marked")
+            if row.failed:
+                ctx.rep.message(
+                    f"warning: {row.variant}/seed{row.seed} looks like a failed run (best "
+                    f"validation accuracy {row.best_val_accuracy:.3f}, more than "
+                    f"{exp.analysis.failed_margin:.2f} below its variant's other seeds); "
+                    f"exclude it with --set 'analysis.exclude=[{row.variant}/seed{row.seed}]' "
+                    "or add a seed")
+
+
+class ExplainStage(Stage):
+    name = "explain"
+
+    def tasks(self) -> list[CellTask]:
+        ec, root = self.ctx.exp.explain, str(self.ctx.run.root)
+        return [ExplainTask(c.model_dump(mode="json"), root, v, s, e, method=m,
+                            n_images=ec.images_for(m), params=ec.params.get(m),
+                            estimator_images=ec.estimator_images, batch_size=ec.batch_size,
+                            force=self.forced)
+                for v, s, c, e in self.explained() for m in ec.methods]
+
+    def cached(self, task: CellTask) -> bool:
+        from ..explain.store import explanation_cached
+
+        assert isinstance(task, ExplainTask)
+        return explanation_cached(task.config, self.ctx.run, task.variant, task.seed,
+                                  task.method, task.n_images, task.params, task.estimator_images,
+                                  task.epoch)
+
+
+class CompareStage(Stage):
+    name = "compare"
+
+    def skip_reason(self) -> str | None:
+        if len(self.ctx.exp.variants) < 2:
+            return "only the baseline variant: nothing to compare"
+        return None
+
+    def aggregations(self) -> list[Aggregation]:
+        from ..analysis.run_a import analyse_study_a
+
+        exp, run = self.ctx.exp, self.ctx.run
+        out = []
+        for method in exp.explain.methods:
+            out.append(Aggregation(f"compare-{method}", self.key(method),
+                                   lambda m=method: analyse_study_a(exp, run, m), method))
+        return out
+
+    def key(self, method: str) -> str | None:
+        """Over the keys of every explanation Study A reads, and the analysis settings."""
+        exp, run = self.ctx.exp, self.ctx.run
+        keys = [read_key(run.explanation(method, v, s, e)) for v, s, _, e in self.explained()]
+        if any(k is None for k in keys):
+            return None
+        return content_key({"explanations": keys, "baseline": exp.baseline, "seeds": exp.seeds,
+                            "variants": list(exp.variants),
+                            "analysis": exp.analysis.model_dump(mode="json"), "version": 3})
+
+
+class EvaluateStage(Stage):
+    name = "evaluate"
+
+    def skip_reason(self) -> str | None:
+        ev = self.ctx.exp.evaluate
+        if not ev.enabled:
+            return "evaluate.enabled is false"
+        if not (ev.alignment or ev.faithfulness):
+            return "evaluate.alignment and evaluate.faithfulness are both false"
+        return None
+
+    def tasks(self) -> list[CellTask]:
+        exp, root = self.ctx.exp, str(self.ctx.run.root)
+        ecfg = exp.evaluate.model_dump(mode="json")
+        return [EvaluateTask(c.model_dump(mode="json"), root, v, s, e, method=m, evaluate=ecfg,
+                             force=self.forced)
+                for v, s, c, e in self.explained() for m in exp.explain.methods]
+
+    def cached(self, task: CellTask) -> bool:
+        from ..metrics.store import evaluate_key
+
+        assert isinstance(task, EvaluateTask)
+        run, ecfg = self.ctx.run, self.ctx.exp.evaluate
+        expl = read_key(run.explanation(task.method, task.variant, task.seed, task.epoch))
+        if expl is None:
+            return False
+        key = evaluate_key(expl, ecfg)
+        return read_key(run.evaluation(task.method, task.variant, task.seed, task.epoch)) == key \
+            and (not ecfg.faithfulness
+                 or read_key(run.curves(task.method, task.variant, task.seed, task.epoch)) == key)
+
+    def aggregations(self) -> list[Aggregation]:
+        from ..analysis.run_b import analyse_evaluation
+
+        exp, run = self.ctx.exp, self.ctx.run
+        keys = [read_key(run.evaluation(m, v, s, e)) for v, s, _, e in self.explained()
+                for m in exp.explain.methods]
+        key = None if any(k is None for k in keys) else content_key(
+            {"inputs": keys, "evaluate": exp.evaluate.model_dump(mode="json"),
+             "analysis": exp.analysis.model_dump(mode="json"), "variants": exp.variants,
+             "methods": exp.explain.methods, "version": 2})
+        return [Aggregation("evaluate", key, lambda: analyse_evaluation(exp, run), "tables")]
+
+
+class DissectStage(Stage):
+    name = "dissect"
+
+    def skip_reason(self) -> str | None:
+        from ..data import load_dataset
+
+        exp = self.ctx.exp
+        if not exp.dissect.enabled:
+            return "dissect.enabled is false"
+        if exp.dissect.probe == "dataset":
+            data = load_dataset(exp.cells()[0][2])
+            if data.test.concepts is None or not data.concept_names:
+                return (f"dataset '{exp.data.name}' has no concept labels (set "
+                        "dissect.probe=broden and dissect.broden_root to dissect on Broden)")
+        return None
+
+    def tasks(self) -> list[CellTask]:
+        exp, root = self.ctx.exp, str(self.ctx.run.root)
+        dcfg = exp.dissect.model_dump(mode="json")
+        return [DissectTask(c.model_dump(mode="json"), root, v, s, dissect=dcfg,
+                            force=self.forced) for v, s, c in self.cells()]
+
+    def cached(self, task: CellTask) -> bool:
+        from ..metrics.store import dissect_key
+
+        rec = self.ctx.run.record(task.variant, task.seed)
+        if rec is None:
+            return False
+        key = dissect_key(task.config, rec.weights_sha256, self.ctx.exp.dissect)
+        return read_key(self.ctx.run.dissection(task.variant, task.seed)) == key
+
+    def aggregations(self) -> list[Aggregation]:
+        from ..analysis.run_b import analyse_dissection
+
+        exp, run = self.ctx.exp, self.ctx.run
+        keys = [read_key(run.dissection(v, s)) for v, s, _ in self.cells()]
+        key = None if any(k is None for k in keys) else content_key(
+            {"inputs": keys, "variants": list(exp.variants), "version": 2})
+        return [Aggregation("dissect", key, lambda: analyse_dissection(exp, run), "tables")]
+
+
+class ReportStage(Stage):
+    name = "report"
+
+    def run(self) -> None:
+        from ..report import build_report
+
+        ctx = self.ctx
+        ctx.rep.stage("report", 1, 0)
+        res = build_report(ctx.run.root)
+        ctx.outputs["report"] = res
+        ctx.rep.advance("report", f"wrote {res.get('html', ctx.run.report_dir)}")
+
+
+STAGE_TYPES: dict[str, type[Stage]] = {s.name: s for s in (
+    TrainStage, ExplainStage, CompareStage, EvaluateStage, DissectStage, ReportStage)}
+
+
+def run_stages(ctx: Context, names: tuple[str, ...]) -> dict[str, Any]:
+    """Run the named stages in pipeline order (skipping those that do not apply, with the reason)
+    → ``timings`` (seconds per stage) and ``skipped`` (stage → reason), also written to
+    ``stages/timings.json`` (merged with earlier stage times)."""
+    import json
+
+    from ..utils import write_json
+
+    try:
+        timings = json.loads(ctx.run.timings.read_text())
+    except (OSError, ValueError):
+        timings = {}
+    skipped = dict(timings.pop("skipped", {}) or {})
+    for name in STAGES:
+        if name not in names:
+            continue
+        stage = STAGE_TYPES[name](ctx)
+        why = stage.skip_reason()
+        if why:
+            skipped[name] = why
+            ctx.rep.message(f"[{name}] skipped: {why}")
+            continue
+        skipped.pop(name, None)
+        if name == "report":  # the report reads the timings and the skipped stages
+            write_json(ctx.run.timings, timings | {"skipped": skipped})
+        t0 = time.perf_counter()
+        stage.run()
+        ctx.rep.done(name)
+        timings[name] = time.perf_counter() - t0
+    write_json(ctx.run.timings, timings | {"skipped": skipped})
+    return {"timings": timings, "skipped": skipped}
