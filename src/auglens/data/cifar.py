@@ -326,3 +326,18 @@ def _check_cifar100(root: str = "data/cifar100", download: bool = False, **_: An
 
 build_cifar10.check = _check_cifar10  # type: ignore[attr-defined]
 build_cifar100.check = _check_cifar100  # type: ignore[attr-defined]
+
+
+def _files(name: str) -> Any:
+    def files(root: str | os.PathLike = f"data/{name}", **_: Any
+              ) -> tuple[dict[str, list[Path]], Path]:
+        """The official batch files each split reads (for the run's keys)."""
+        _, train, test, meta = _LAYOUT[name]
+        d = _batch_dir(name, root)
+        return {"train": [d / f for f in (*train, meta)], "test": [d / f for f in (*test, meta)]}, d
+
+    return files
+
+
+build_cifar10.files = _files("cifar10")  # type: ignore[attr-defined]
+build_cifar100.files = _files("cifar100")  # type: ignore[attr-defined]

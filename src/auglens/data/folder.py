@@ -398,6 +398,7 @@ def build_imagefolder(
     cache_dir: str | None = None,
     skip_corrupt: bool = False,
     split_seed: int = 0,
+    fingerprint: str = "stat",
 ) -> Dataset:
     """ImageNet-style class folders ``root/<split>/<class>/<image>``, optional VOC XML boxes.
 
@@ -408,7 +409,8 @@ def build_imagefolder(
     class folders; max_per_class: first k images per class folder. box_origin (0 ImageNet, 1 VOC),
     clip_boxes, no_box ("error" | "drop" | "keep"): box handling. normalization: "imagenet" or
     "train". lazy (None: by size), workers, cache_dir: on-demand decoding. skip_corrupt: drop
-    undecodable images with a warning instead of failing.
+    undecodable images with a warning instead of failing. fingerprint: how a run's keys identify
+    the files ("stat": list, sizes and modification times; "content": sha256 of every file).
     """
     t0 = time.perf_counter()
     _check_imagefolder(root, train_dir, test_dir, val_dir, boxes_dir)
@@ -538,6 +540,30 @@ def build_imagefolder(
 
 
 build_imagefolder.check = _check_imagefolder  # type: ignore[attr-defined]
+
+
+def _imagefolder_files(root: str | None = None, train_dir: str = "train", test_dir: str = "val",
+                       val_dir: str | None = None, boxes_dir: str | None = None,
+                       fingerprint: str = "stat", **_: Any) -> tuple[dict[str, list[Path]], Path]:
+    """The files each split reads (for the run's keys, `auglens.data.fingerprint`): ``train``
+    = every image of train_dir (and val_dir), ``test`` = test_dir's images and the box files."""
+    if fingerprint not in ("stat", "content"):
+        raise ConfigError(f"imagefolder: fingerprint must be 'stat' (file list, sizes, "
+                          f"modification times) or 'content' (sha256), got {fingerprint!r}")
+    r = Path(str(root)).expanduser()
+
+    def images(sub: str | None) -> list[Path]:
+        if sub is None or not (r / sub).is_dir():
+            return []
+        return [p for p in (r / sub).rglob("*") if p.is_file() and _is_image(p.name)]
+
+    boxes = ([p for p in (r / boxes_dir).rglob("*.xml") if p.is_file()]
+             if boxes_dir is not None and (r / boxes_dir).is_dir() else [])
+    return {"train": images(train_dir) + images(val_dir),
+            "test": images(test_dir) + boxes}, r
+
+
+build_imagefolder.files = _imagefolder_files  # type: ignore[attr-defined]
 
 
 def _test_boxes(

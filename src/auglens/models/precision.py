@@ -48,3 +48,17 @@ def memory_format(model: torch.nn.Module) -> torch.memory_format:
                 and max(m.stride) > 1):
             return torch.contiguous_format
     return torch.channels_last
+
+
+def numeric_environment(device: torch.device, precision: str, threads: int) -> dict[str, str]:
+    """What else decides the exact numbers a model computes, besides its inputs: the torch
+    version, the device (and on CPU its instruction set and the pinned thread count — reductions
+    are split by thread), and the precision path. Part of every key of trained or computed
+    results, so that a run never mixes results from two numeric environments."""
+    env = {"torch": torch.__version__, "device": device.type, "precision": precision}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        env["cpu"] = torch.backends.cpu.get_cpu_capability()
+        env["threads"] = str(threads)
+    return env
