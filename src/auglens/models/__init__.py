@@ -1,4 +1,4 @@
-"""Model registry: a small CIFAR-style ResNet (CPU default) and torchvision backbones."""
+"""Model registry: a small CIFAR-style ResNet (CPU default), a small ViT, torchvision backbones."""
 
 from .registry import (
     MODELS,
@@ -8,6 +8,7 @@ from .registry import (
     load_weights,
     save_weights,
 )
+from .vit import SmallViT, TokenGrid, token_grid
 
 __all__ = [
     "MODELS",
@@ -16,4 +17,7 @@ __all__ = [
     "get_module",
     "load_weights",
     "save_weights",
+    "SmallViT",
+    "TokenGrid",
+    "token_grid",
 ]
