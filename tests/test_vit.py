@@ -80,7 +80,7 @@ def test_small_vit_shapes_params_and_errors():
     assert _vit(patch=8).tokens.pos_embed.shape == (1, 1 + 16, 32)
     with pytest.raises(AuglensError, match="built for 32×32"):
         m(_x(1, size=64))
-    with pytest.raises(AuglensError, match="multiple of patch"):
+    with pytest.raises(AuglensError, match="not a multiple of patch"):
         build_model("small_vit", 10, patch=5)
     wrapped = build_model("small_vit", 10, input_size=32, width=32, depth=1)
     assert isinstance(wrapped.cam_reshape, TokenGrid)

@@ -70,8 +70,8 @@ def efficientnet_b0(num_classes: int, dropout: float = 0.2) -> nn.Module:
 @MODELS.register("small_vit")
 def small_vit(
     num_classes: int,
-    width: int = 96,
-    depth: int = 6,
+    width: int = 64,
+    depth: int = 4,
     patch: int = 4,
     heads: int = 4,
     mlp_ratio: float = 2.0,

@@ -143,18 +143,18 @@ class SmallViT(nn.Module):
         num_classes: int = 10,
         image_size: int = 32,
         patch: int = 4,
-        width: int = 96,
-        depth: int = 6,
+        width: int = 64,
+        depth: int = 4,
         heads: int = 4,
         mlp_ratio: float = 2.0,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
         checks = [
-            (image_size >= 1 and patch >= 1, f"image_size {image_size}, patch {patch} must be >= 1"),
-            (image_size % patch == 0, f"image_size {image_size} is not a multiple of patch {patch}"),
+            (image_size >= 1 and patch >= 1, f"image_size {image_size}, patch {patch} >= 1"),
+            (image_size % patch == 0, f"image_size {image_size} not a multiple of patch {patch}"),
             (depth >= 1, f"depth must be >= 1, got {depth}"),
-            (heads >= 1 and width % heads == 0, f"width {width} must be a multiple of heads {heads}"),
+            (heads >= 1 and width % heads == 0, f"width {width} not a multiple of heads {heads}"),
             (mlp_ratio > 0, f"mlp_ratio must be > 0, got {mlp_ratio}"),
         ]
         for ok, msg in checks:
