@@ -82,6 +82,12 @@ def test_small_vit_shapes_params_and_errors():
         m(_x(1, size=64))
     with pytest.raises(AuglensError, match="not a multiple of patch"):
         build_model("small_vit", 10, patch=5)
+    conv = _vit(stem="conv")
+    assert conv.patch_embed(_x(2)).shape == (2, 32, 8, 8) and conv(_x(2)).shape == (2, 10)
+    with pytest.raises(AuglensError, match="stem must be"):
+        build_model("small_vit", 10, stem="resnet")
+    with pytest.raises(AuglensError, match="power-of-2"):
+        build_model("small_vit", 10, stem="conv", patch=6, image_size=24)
     wrapped = build_model("small_vit", 10, input_size=32, width=32, depth=1)
     assert isinstance(wrapped.cam_reshape, TokenGrid)
     assert wrapped.default_target_layer == "net.blocks.0.norm1"

@@ -77,9 +77,13 @@ def small_vit(
     mlp_ratio: float = 2.0,
     image_size: int = 32,
     dropout: float = 0.0,
+    stem: str = "patch",
 ) -> nn.Module:
-    """Small ViT for 32×32 (CPU; 8×8 patches at patch 4); CAM target ``blocks.<last>.norm1``."""
-    model = SmallViT(num_classes, image_size, patch, width, depth, heads, mlp_ratio, dropout)
+    """Small ViT for 32×32 (CPU; 8×8 patches at patch 4; ``stem`` "patch" or "conv"); CAM target
+    ``blocks.<last>.norm1``."""
+    model = SmallViT(
+        num_classes, image_size, patch, width, depth, heads, mlp_ratio, dropout, stem
+    )
     model.default_target_layer = f"blocks.{depth - 1}.norm1"
     model.cam_reshape = TokenGrid(prefix=1)
     return model

@@ -129,10 +129,29 @@ def _check_input(x: Tensor, size: int) -> None:
 torch.fx.wrap("_check_input")  # a leaf in torch.fx traces (IBA's head split traces the model)
 
 
+class ConvStem(nn.Sequential):
+    """Convolutional patch embedding (Xiao et al. 2021, "Early Convolutions Help Transformers See
+    Better"): log2(patch) 3×3 stride-2 convs (BN, ReLU; channels doubling up to ``width``), then a
+    1×1 conv to ``width``. Same token grid as the ``patch``×``patch`` linear patch embedding."""
+
+    def __init__(self, patch: int, width: int) -> None:
+        n = patch.bit_length() - 1
+        layers: list[nn.Module] = []
+        c = 3
+        for i in range(n):
+            out = max(width >> (n - 1 - i), 8)
+            layers += [nn.Conv2d(c, out, 3, 2, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+            c = out
+        layers.append(nn.Conv2d(c, width, 1))
+        super().__init__(*layers)
+
+
 class SmallViT(nn.Module):
-    """ViT for small square inputs: patch embedding (conv ``patch``×``patch``, stride ``patch``)
-    → class token + learned position embeddings → ``depth`` pre-norm blocks (``heads`` heads,
-    width ``width``) → LayerNorm → linear head on the class token.
+    """ViT for small square inputs: patch embedding → class token + learned position embeddings
+    → ``depth`` pre-norm blocks (``heads`` heads, width ``width``) → LayerNorm → linear head on
+    the class token. Patch embedding: ``stem="patch"`` a ``patch``×``patch`` conv with stride
+    ``patch`` (the ViT's linear patch projection); ``"conv"`` a `ConvStem` (``patch`` a power of
+    2), which trains faster on small data.
 
     At 32×32 with patch 4: 8×8 = 64 patch tokens + 1 class token. Module names: ``patch_embed``,
     ``tokens``, ``blocks.<i>.{norm1, attn, norm2, mlp}``, ``norm``, ``head``.
@@ -148,6 +167,7 @@ class SmallViT(nn.Module):
         heads: int = 4,
         mlp_ratio: float = 2.0,
         dropout: float = 0.0,
+        stem: str = "patch",
     ) -> None:
         super().__init__()
         checks = [
@@ -156,6 +176,8 @@ class SmallViT(nn.Module):
             (depth >= 1, f"depth must be >= 1, got {depth}"),
             (heads >= 1 and width % heads == 0, f"width {width} not a multiple of heads {heads}"),
             (mlp_ratio > 0, f"mlp_ratio must be > 0, got {mlp_ratio}"),
+            (stem in ("patch", "conv"), f"stem must be 'patch' or 'conv', got {stem!r}"),
+            (stem == "patch" or patch & (patch - 1) == 0, "stem 'conv' needs a power-of-2 patch"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -163,7 +185,9 @@ class SmallViT(nn.Module):
         self.image_size = image_size
         self.patch = patch
         side = image_size // patch
-        self.patch_embed = nn.Conv2d(3, width, patch, patch)
+        self.patch_embed = (
+            nn.Conv2d(3, width, patch, patch) if stem == "patch" else ConvStem(patch, width)
+        )
         self.tokens = TokenEmbedding(side * side, width)
         self.blocks = nn.Sequential(
             *[Block(width, heads, mlp_ratio, dropout) for _ in range(depth)]
