@@ -380,6 +380,8 @@ def test_rollout_batches_and_errors():
     _assert_close(a.maps, b.maps, 1e-6)
     with pytest.raises(AuglensError, match="nn.MultiheadAttention"):
         EXPLAINERS.get("rollout")(build_model("small_resnet", 10))
+    with pytest.raises(AuglensError, match="target_layer=None rolls out"):
+        EXPLAINERS.get("rollout")(m, "blocks.0.norm1")
     with pytest.raises(AuglensError, match="head_fusion"):
         EXPLAINERS.get("rollout")(m, head_fusion="median")
     with pytest.raises(AuglensError, match="discard_ratio"):

@@ -28,6 +28,10 @@ Follows ``BioroboticsLab/IBA`` (``IBA/pytorch.py``, ``IBA.analyze``) with these 
   as the reference) takes the capacity of the last optimisation step, i.e. of α after
   ``steps − 1`` Adam updates; ``"final"`` recomputes it from α after the last update.
 
+Token layers (ViT, a model with a `TokenGrid` in ``cam_reshape``): R is the layer's patch grid
+(`feature_grid`: class token dropped, (B, D, h, w)); Z replaces the patch tokens and the class
+token keeps its clean value, in the fx head and in the full forward alike.
+
 Batching (not in the reference, which explains one image per call): α is (B, C, h, w), the
 noisy copies form one (B·n) batch, the per-image losses are **summed**, so each image's α gets
 exactly the gradient it would get alone and Adam (element-wise) takes the same steps.

@@ -113,10 +113,15 @@ def _attention_modules(model: nn.Module, root: str | None) -> list[tuple[str, nn
         if isinstance(m, nn.MultiheadAttention)
     ]
     if not found:
-        where = f"module '{root}' of " if root else ""
+        if root:
+            raise AuglensError(
+                f"attention rollout needs nn.MultiheadAttention layers; module '{root}' of "
+                f"{type(model).__name__} has none (target_layer=None rolls out every attention "
+                "layer of the model)"
+            )
         raise AuglensError(
-            f"attention rollout needs nn.MultiheadAttention layers; {where}"
-            f"{type(model).__name__} has none (use a transformer, e.g. small_vit or vit_b_16)"
+            f"attention rollout needs nn.MultiheadAttention layers; {type(model).__name__} has "
+            "none (use a transformer, e.g. small_vit or vit_b_16)"
         )
     return found
 
