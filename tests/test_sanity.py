@@ -62,8 +62,8 @@ def test_groups_output_first_per_block():
     vit = build_model("small_vit", 10, width=32, depth=2)
     names = ["head", "norm", "blocks.1", "blocks.0", "tokens", "patch_embed"]
     assert [g.name for g in parameter_groups(vit, _x0())] == names
-    conv = build_model("small_vit", 10, width=32, depth=2, stem="conv")
-    assert [g.name for g in parameter_groups(conv, _x0())] == names  # the conv stem is one block
+    lin = build_model("small_vit", 10, width=32, depth=2, stem="patch")
+    assert [g.name for g in parameter_groups(lin, _x0())] == names  # the conv stem is one block
     tv = torchvision.models.VisionTransformer(32, 8, 2, 2, 16, 32, num_classes=5)
     assert [g.name for g in parameter_groups(tv, _x0())] == [
         "heads.head", "encoder.ln", "encoder.layers.encoder_layer_1",

@@ -77,9 +77,9 @@ def small_vit(
     mlp_ratio: float = 2.0,
     image_size: int = 32,
     dropout: float = 0.0,
-    stem: str = "patch",
+    stem: str = "conv",
 ) -> nn.Module:
-    """Small ViT for 32×32 (CPU; 8×8 patches at patch 4; ``stem`` "patch" or "conv"); CAM target
+    """Small ViT for 32×32 (CPU; 8×8 patches at patch 4; ``stem`` "conv" or "patch"); CAM target
     ``blocks.<last>.norm1``."""
     model = SmallViT(
         num_classes, image_size, patch, width, depth, heads, mlp_ratio, dropout, stem
