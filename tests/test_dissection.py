@@ -26,7 +26,7 @@ from auglens.metrics.dissection import (
     tail_size,
     upsample_maps,
 )
-from auglens.models import save_weights
+from auglens.models import build_model, save_weights
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -220,6 +220,20 @@ def test_counts_and_iou_equal_slow_loop(batch_size: int, chunk_elems: int) -> No
     assert not np.array_equal(ref["all"][:, 1:4], ref["category"][:, 1:4])
     assert not np.array_equal(ref["category"][:, 1:], ref["netdissect"][:, 1:])
     assert r.info["forward_passes"] == 1 and 0 < r.info["active_map_fraction"] < 1
+
+
+def test_vit_token_layer_is_dissected_on_its_patch_grid() -> None:
+    """A ViT's token layer (B, 1 + h·w, D): units = the D channels on the patch grid (class token
+    dropped, patch i·w + j at [i, j]), against the slow loop on the literally reshaped tokens."""
+    images, conc = _probe(n=5)
+    torch.manual_seed(0)
+    vit = build_model("small_vit", 3, image_size=16, width=8, depth=1, heads=2).eval()
+    r = dissect(vit, images, conc, _normalize, NAMES, CATS, batch_size=2, quantile=0.9)
+    tokens = _activations(vit, images, "blocks.0.norm1")
+    acts = tokens[:, 1:].reshape(5, 4, 4, 8).permute(0, 3, 1, 2).numpy()
+    ref = _slow_dissection(acts, conc.numpy(), 0.9)
+    np.testing.assert_allclose(r.thresholds.numpy(), ref["thr"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(r.intersection.numpy()[:, 1:], ref["inter"][:, 1:])
 
 
 def test_second_forward_gives_the_same_counts() -> None:

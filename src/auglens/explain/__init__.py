@@ -4,8 +4,9 @@
     exp = EXPLAINERS.get("gradcam")(model)(x)          # Explanation: maps (B, h, w), logits, ...
     exp = explain_images(model, images_uint8, data.normalize, method="gradcam")
 
-Maps are raw at the target layer's resolution; `upsample` (bilinear, align_corners=False) only
-when a metric needs input resolution.
+Transformers: token layers are read as patch grids through the model's ``cam_reshape``
+(`feature_grid`); ``rollout`` is attention rollout. Maps are raw at the target layer's
+resolution; `upsample` (bilinear, align_corners=False) only when a metric needs input resolution.
 """
 
 from .base import (
@@ -13,6 +14,7 @@ from .base import (
     Explainer,
     Explanation,
     explain_images,
+    feature_grid,
     model_device,
     preserved_state,
     register_explainer,
@@ -21,9 +23,11 @@ from .base import (
 )
 from .cam import GradCAM, GradCAMPlusPlus, GradientCAM, LayerCAM
 from .iba import IBA, Estimator, IBAEstimator, fit_estimator
+from .rollout import AttentionRollout, rollout
 
 __all__ = [
     "EXPLAINERS",
+    "AttentionRollout",
     "Estimator",
     "Explainer",
     "Explanation",
@@ -34,10 +38,12 @@ __all__ = [
     "IBAEstimator",
     "LayerCAM",
     "explain_images",
+    "feature_grid",
     "fit_estimator",
     "model_device",
     "preserved_state",
     "register_explainer",
     "resolve_targets",
+    "rollout",
     "upsample",
 ]

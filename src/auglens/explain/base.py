@@ -6,6 +6,9 @@ Conventions (SPEC §2):
   needs it.
 - the target class defaults to the model's own prediction (argmax of the logits of the same
   forward pass, first index on ties); explicit class ids and ground-truth maps are options.
+- a transformer layer's token output (B, 1 + h·w, D) is read as a feature grid (B, D, h, w)
+  through the `TokenGrid` the model declares in ``cam_reshape`` (`feature_grid`): the class token
+  is dropped, patch tokens are placed row-major. Every layer-based method goes through it.
 - explaining never changes the model: it runs in eval mode, and the `training` flags,
   ``requires_grad`` flags, ``.grad`` tensors and hooks are restored exactly, also on errors.
 """
@@ -23,6 +26,7 @@ from torch import Tensor, nn
 
 from ..errors import AuglensError
 from ..models.registry import default_target_layer, get_module
+from ..models.vit import token_grid
 from ..registry import Registry
 from ..utils import upsample  # noqa: F401 - re-exported: maps → input size
 
@@ -90,6 +94,23 @@ class Explanation:
             vals = [getattr(p, f.name) for p in parts]
             out[f.name] = None if vals[0] is None else torch.cat(vals)
         return Explanation(**out)
+
+
+def feature_grid(model: nn.Module, output: object, layer_name: str) -> Tensor:
+    """A target layer's output as a feature grid (B, C, h, w): a 4-D tensor as it is; a token
+    sequence (B, N, D) of a model that declares a `TokenGrid` in ``cam_reshape`` reshaped by it
+    (class token dropped, patch tokens row-major; differentiable). Anything else raises."""
+    if isinstance(output, Tensor) and output.ndim == 4:
+        return output
+    adapter = token_grid(model)
+    if adapter is not None and isinstance(output, Tensor) and output.ndim == 3:
+        return adapter.to_grid(output)
+    desc = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+    tokens = " or tokens (B, N, D) of a model with a TokenGrid in cam_reshape" if adapter else ""
+    raise AuglensError(
+        f"target layer '{layer_name}' must output a 4-D tensor (B, C, h, w){tokens}, got {desc}; "
+        "choose a convolutional layer" + (" or a token layer" if adapter else "")
+    )
 
 
 def model_device(model: nn.Module) -> torch.device:

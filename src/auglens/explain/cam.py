@@ -4,7 +4,9 @@ All three share one pass: a forward with every parameter frozen (no autograd gra
 target layer), the target layer's output A (B, C, h, w) turned into a leaf that requires grad,
 and ``torch.autograd.grad`` of the summed target-class **logits** w.r.t. A only (no parameter
 gradients). Only the head after the layer records a graph, so the cost is about one forward pass.
-With G = dlogit/dA:
+A transformer layer's tokens (B, 1 + h·w, D) are the leaf; A and G are both read as grids
+(B, D, h, w) through the model's `TokenGrid` (`feature_grid`; a linear reshape, so G is the
+gradient w.r.t. the grid). With G = dlogit/dA:
 
 - Grad-CAM (Selvaraju et al.): w_c = mean_hw G_c; map = ReLU(Σ_c w_c A_c).
 - Grad-CAM++ (Chattopadhay et al., eq. 19 with the exp-logit approximation, as
@@ -19,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import AuglensError
-from .base import Explainer, register_explainer, resolve_targets
+from .base import Explainer, feature_grid, register_explainer, resolve_targets
 
 GRADCAM_PP_EPS = 1e-6
 
@@ -40,13 +42,11 @@ class GradientCAM(Explainer):
         store: dict[str, Tensor] = {}
         layer_name = self.layer_name
 
+        def grid(t: Tensor) -> Tensor:
+            return feature_grid(self.model, t, layer_name)
+
         def hook(module: nn.Module, inputs: object, output: object) -> Tensor:
-            if not isinstance(output, Tensor) or output.ndim != 4:
-                desc = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-                raise AuglensError(
-                    f"target layer '{layer_name}' must output a 4-D tensor (B, C, h, w), "
-                    f"got {desc}; choose a convolutional layer"
-                )
+            feature_grid(self.model, output, layer_name)  # validates the shape
             if "acts" in store:
                 raise AuglensError(
                     f"target layer '{layer_name}' is called more than once per forward pass "
@@ -85,9 +85,9 @@ class GradientCAM(Explainer):
                 (g,) = torch.autograd.grad(
                     logits.gather(1, target_gt[:, None]).sum(), acts, retain_graph=True
                 )
-                maps_gt = self.combine(acts.detach(), g)
+                maps_gt = self.combine(grid(acts.detach()), grid(g))
             (g,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), acts)
-            maps = self.combine(acts.detach(), g)
+            maps = self.combine(grid(acts.detach()), grid(g))
         return maps, logits.detach(), targets, maps_gt
 
 

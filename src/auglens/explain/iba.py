@@ -28,6 +28,10 @@ Follows ``BioroboticsLab/IBA`` (``IBA/pytorch.py``, ``IBA.analyze``) with these 
   as the reference) takes the capacity of the last optimisation step, i.e. of α after
   ``steps − 1`` Adam updates; ``"final"`` recomputes it from α after the last update.
 
+Token layers (ViT, a model with a `TokenGrid` in ``cam_reshape``): R is the layer's patch grid
+(`feature_grid`: class token dropped, (B, D, h, w)); Z replaces the patch tokens and the class
+token keeps its clean value, in the fx head and in the full forward alike.
+
 Batching (not in the reference, which explains one image per call): α is (B, C, h, w), the
 noisy copies form one (B·n) batch, the per-image losses are **summed**, so each image's α gets
 exactly the gradient it would get alone and Adam (element-wise) takes the same steps.
@@ -68,7 +72,15 @@ from torch import Tensor, nn
 
 from ..errors import AuglensError
 from ..models.registry import default_target_layer, get_module
-from .base import Explainer, model_device, preserved_state, register_explainer, resolve_targets
+from ..models.vit import TokenGrid, token_grid
+from .base import (
+    Explainer,
+    feature_grid,
+    model_device,
+    preserved_state,
+    register_explainer,
+    resolve_targets,
+)
 
 #: format version written into the safetensors metadata of an `Estimator`
 ESTIMATOR_FORMAT = "auglens-iba-estimator/1"
@@ -231,6 +243,21 @@ class IBAEstimator:
         )
 
 
+class _TokenHead:
+    """The fx head of a token layer, fed a grid: z → head(tokens with z as the patch tokens).
+    The class token comes from the clean pass: ``tokens`` (B, N, D) for a z of B images, else
+    repeated as the noisy batch (``reps`` target sets × B images, ``n`` copies each)."""
+
+    def __init__(self, head: fx.GraphModule, grid: TokenGrid, tokens: Tensor, reps: int,
+                 n: int) -> None:
+        self.head, self.grid, self.tokens = head, grid, tokens
+        self.noisy = tokens.repeat(reps, 1, 1).repeat_interleave(n, 0)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        t = self.tokens if z.shape[0] == self.tokens.shape[0] else self.noisy
+        return self.head(self.grid.to_tokens(z, t))
+
+
 class _StopForward(Exception):
     """Raised by a hook to skip the rest of the network once the layer's output is stored."""
 
@@ -270,7 +297,7 @@ def fit_estimator(
     est = IBAEstimator(layer_name, model_fingerprint(model))
 
     def hook(mod: nn.Module, inputs: object, output: object) -> None:
-        est.update(_check_layer_output(output, layer_name))
+        est.update(feature_grid(net, output, layer_name))
         raise _StopForward
 
     with preserved_state(net), torch.inference_mode():
@@ -288,16 +315,6 @@ def fit_estimator(
         finally:
             handle.remove()
     return est.compute()
-
-
-def _check_layer_output(output: object, layer_name: str) -> Tensor:
-    if not isinstance(output, Tensor) or output.ndim != 4:
-        desc = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-        raise AuglensError(
-            f"IBA layer '{layer_name}' must output a 4-D tensor (B, C, h, w), got {desc}; "
-            "choose a convolutional layer"
-        )
-    return output
 
 
 # ---------------------------------------------------------------------------- bottleneck math
@@ -530,6 +547,7 @@ class IBA(Explainer):
         self.head_only = head_only
         #: how the last call ran the network after the layer: "head" (fx split) or "full"
         self.last_mode: str = ""
+        self._tokens: Tensor | None = None  # a token layer's clean output (class token source)
         self._head_cache: tuple[tuple[tuple[str, int], ...], fx.GraphModule | None] | None = None
 
     def _explain(
@@ -551,18 +569,21 @@ class IBA(Explainer):
     # ---- passes
 
     def _clean_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """One eval forward: the layer's output R (B, C, h, w) and the logits (B, K)."""
+        """One eval forward: the layer's output R (B, C, h, w) (a token layer's as its grid,
+        `feature_grid`; its tokens kept in ``self._tokens``) and the logits (B, K)."""
         store: dict[str, Tensor] = {}
         name = self.layer_name
 
         def hook(module: nn.Module, inputs: object, output: object) -> None:
-            out = _check_layer_output(output, name)
+            out = feature_grid(self.model, output, name)
             if "r" in store:
                 raise AuglensError(
                     f"IBA layer '{name}' is called more than once per forward pass "
                     "(a shared module); choose a layer that runs once"
                 )
             store["r"] = out.detach().clone()  # later in-place ops must not change R
+            if out is not output:
+                store["tokens"] = output.detach().clone()
 
         with torch.no_grad():
             handle = self.layer.register_forward_hook(hook)
@@ -576,6 +597,7 @@ class IBA(Explainer):
             desc = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise AuglensError(f"model output must be logits (B, K), got {desc}")
         r = store["r"]
+        self._tokens = store.get("tokens")
         if tuple(r.shape[1:]) != self.estimator.shape:
             raise AuglensError(
                 f"layer '{name}' outputs {tuple(r.shape[1:])} per image but the IBA estimator "
@@ -589,6 +611,10 @@ class IBA(Explainer):
         """A function z (reps·B·n, C, h, w) → logits running the network after the layer."""
         if self.head_only:
             head = self._split_head()
+            if head is not None and self._tokens is not None:
+                grid = token_grid(self.model)
+                assert grid is not None
+                head = _TokenHead(head, grid, self._tokens, reps, self.batch_noise)
             if head is not None:
                 with torch.no_grad():
                     check = head(r)
@@ -611,14 +637,14 @@ class IBA(Explainer):
         cur: dict[str, Tensor] = {}
 
         def hook(module: nn.Module, inputs: object, output: object) -> Tensor:
-            out = _check_layer_output(output, self.layer_name)
+            out = feature_grid(self.model, output, self.layer_name)
             z = cur["z"]
             if out.shape != z.shape:
                 raise AuglensError(
                     f"IBA layer '{self.layer_name}' output {tuple(out.shape)} does not match "
                     f"the bottleneck {tuple(z.shape)}"
                 )
-            return z
+            return z if out is output else token_grid(self.model).to_tokens(z, output)
 
         def run(z: Tensor) -> Tensor:
             cur["z"] = z

@@ -57,8 +57,9 @@ from torch import Tensor, nn
 
 from ..data.base import CONCEPT_CATEGORIES
 from ..errors import AuglensError
-from ..explain.base import model_device, preserved_state
+from ..explain.base import feature_grid, model_device, preserved_state
 from ..models.registry import default_target_layer, file_sha256, get_module, read_state_dict
+from ..models.vit import token_grid
 from ..utils import atomic_path
 
 #: Bump when results for the same inputs change (invalidates caches).
@@ -233,7 +234,8 @@ class _StopForward(Exception):
 
 
 class _LayerTap:
-    """Runs the model on normalised batches and returns the target layer's output (B, U, h, w)."""
+    """Runs the model on normalised batches and returns the target layer's output (B, U, h, w)
+    (a transformer's token output as its patch grid, `feature_grid`)."""
 
     def __init__(self, model: nn.Module, layer: str, stop_early: bool) -> None:
         self.model = model
@@ -266,6 +268,8 @@ class _LayerTap:
         self.out = None
         if out is None:
             raise AuglensError(f"layer '{self.layer}' was not called by the model's forward")
+        if out.ndim == 3 and token_grid(self.model) is not None:
+            out = feature_grid(self.model, out, self.layer)  # a ViT's tokens: units = channels
         if out.ndim != 4:
             raise AuglensError(
                 f"layer '{self.layer}' output must be (B, units, h, w), got {tuple(out.shape)}"

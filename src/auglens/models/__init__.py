@@ -1,4 +1,4 @@
-"""Model registry: a small CIFAR-style ResNet (CPU default) and torchvision backbones."""
+"""Model registry: a small CIFAR-style ResNet (CPU default), a small ViT, torchvision backbones."""
 
 from .registry import (
     MODELS,
@@ -11,6 +11,7 @@ from .registry import (
     weights_fingerprint,
     weights_sha256,
 )
+from .vit import SmallViT, TokenGrid, token_grid
 
 __all__ = [
     "MODELS",
@@ -22,4 +23,7 @@ __all__ = [
     "save_weights",
     "weights_fingerprint",
     "weights_sha256",
+    "SmallViT",
+    "TokenGrid",
+    "token_grid",
 ]

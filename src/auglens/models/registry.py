@@ -17,6 +17,7 @@ from ..errors import AuglensError
 from ..registry import Registry
 from ..utils import atomic_path
 from .small import FastResNet, SmallResNet
+from .vit import SmallViT, TokenGrid
 
 #: name -> factory(num_classes, **params) -> nn.Module with attribute ``default_target_layer``
 MODELS: Registry = Registry("model")
@@ -75,6 +76,38 @@ def efficientnet_b0(num_classes: int, dropout: float = 0.2) -> nn.Module:
     return model
 
 
+@MODELS.register("small_vit")
+def small_vit(
+    num_classes: int,
+    width: int = 64,
+    depth: int = 4,
+    patch: int = 4,
+    heads: int = 4,
+    mlp_ratio: float = 2.0,
+    image_size: int = 32,
+    dropout: float = 0.0,
+    stem: str = "conv",
+) -> nn.Module:
+    """Small ViT for 32×32 (CPU; 8×8 patches at patch 4; ``stem`` "conv" or "patch"); CAM target
+    ``blocks.<last>.norm1``."""
+    model = SmallViT(
+        num_classes, image_size, patch, width, depth, heads, mlp_ratio, dropout, stem
+    )
+    model.default_target_layer = f"blocks.{depth - 1}.norm1"
+    model.cam_reshape = TokenGrid(prefix=1)
+    return model
+
+
+@MODELS.register("vit_b_16")
+def vit_b_16(num_classes: int) -> nn.Module:
+    """torchvision ViT-B/16, random init, 224×224 inputs only (set ``input_size: 224`` for smaller
+    images); CAM target ``encoder.layers.encoder_layer_11.ln_1`` (14×14 patches)."""
+    model = torchvision.models.vit_b_16(weights=None, num_classes=num_classes)
+    model.default_target_layer = "encoder.layers.encoder_layer_11.ln_1"
+    model.cam_reshape = TokenGrid(prefix=1)
+    return model
+
+
 class InputResize(nn.Module):
     """Bilinearly resizes inputs to ``size``×``size`` before ``net`` (e.g. CIFAR 32 → 224)."""
 
@@ -83,6 +116,8 @@ class InputResize(nn.Module):
         self.net = net
         self.size = size
         self.default_target_layer = "net." + net.default_target_layer
+        if getattr(net, "cam_reshape", None) is not None:
+            self.cam_reshape = net.cam_reshape
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
