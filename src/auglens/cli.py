@@ -276,10 +276,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             log(f"removed {stale} temporary files left by an interrupted run")
         try:
             if args.quiet:
-                result = run_pipeline(exp, out, executor, methods, args.n_images, force,
-                                      Reporter(quiet=True, log=log))
+                rep = Reporter(quiet=True, log=log)
+                with rep.warnings_logged():
+                    result = run_pipeline(exp, out, executor, methods, args.n_images, force, rep)
             else:
-                with RichReporter(log) as rep:
+                with RichReporter(log) as rep, rep.warnings_logged():
                     rep.message(f"{exp.name}: {len(exp.variants)} variants × {len(exp.seeds)} "
                                 f"seeds → {out}")
                     result = run_pipeline(exp, out, executor, methods, args.n_images, force, rep)

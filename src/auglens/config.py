@@ -88,6 +88,8 @@ class TrainConfig(_Strict):
     (the same schedule for every cell, whatever its length).
     ``precision`` ``auto``: bfloat16 autocast on CUDA and on CPUs with native bfloat16
     (AVX-512-BF16 / AMX), float32 elsewhere; the model always runs channels-last.
+    ``threads``: torch threads of every CPU task of the cell (default 1), pinned whatever the
+    executor or worker count, so that results never depend on how a run was scheduled.
     """
 
     epochs: int = Field(default=6, ge=1)

@@ -45,9 +45,28 @@ class Reporter:
 
     def task_progress(self, kind: str, name: str, done: int = 0, total: int = 0,
                       note: str = "") -> None:
-        """Progress inside one running task (``kind`` "epoch" or "images"; "end" = finished)."""
-        if kind == "epoch" and done and self._log:
+        """Progress inside one running task (``kind`` "epoch" or "images"; "end" = finished;
+        "warning" = a warning the task raised, shown and logged)."""
+        if kind == "warning":
+            self.message(f"warning ({name}): {note}")
+        elif kind == "epoch" and done and self._log:
             self._log(f"[train] {name} epoch {done}/{total} {note}".rstrip())
+
+    @contextmanager
+    def warnings_logged(self) -> Iterator[None]:
+        """Python warnings raised in this process during the block are shown and logged."""
+        import warnings
+
+        previous = warnings.showwarning
+
+        def show(message: Any, category: Any, filename: str, lineno: int, *_: Any) -> None:
+            self.message(f"warning: {category.__name__}: {message}")
+
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            warnings.showwarning = previous
 
     @contextmanager
     def listen(self, events: Any) -> Iterator[None]:
@@ -137,6 +156,8 @@ class RichReporter(Reporter):
         """One indented bar per running task (epochs of a cell, images of an explanation),
         removed when the task ends."""
         super().task_progress(kind, name, done, total, note)
+        if kind == "warning":
+            return
         if kind == "end":
             task = self.running.pop(name, None)
             if task is not None:

@@ -59,6 +59,17 @@ STAGE_OF = {
 }
 
 
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def content_key(obj: Any) -> str:
     """sha256 (first 16 hex digits) of the canonical JSON of ``obj`` (sorted keys)."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
@@ -131,6 +142,9 @@ class RunDir:
 
     def __init__(self, root: str | Path | RunDir) -> None:
         self.root = root.root if isinstance(root, RunDir) else Path(root)
+        #: damaged files found by the checks (relative paths), to be reported and recomputed
+        self.damaged: set[str] = set()
+        self.reported: set[str] = set()
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.root)!r})"
@@ -196,16 +210,35 @@ class RunDir:
         return CellRecord(variant, seed, raw.get("config_hash", ""),
                           raw.get("weights_sha256", ""), raw.get("checkpoint_sha256") or {}, raw)
 
-    def cell_done(self, variant: str, seed: int, config_hash: str,
-                  checkpoints: bool = False) -> bool:
-        """True when the cell's record matches ``config_hash`` and its weights exist (and, with
-        ``checkpoints``, it kept one checkpoint per epoch)."""
+    def cell_done(self, variant: str, seed: int, key: str, checkpoints: bool = False) -> bool:
+        """True when the cell's record has ``key`` (`auglens.keys.cell_inputs`) and its weights
+        (and, with ``checkpoints``, one checkpoint per epoch) are intact: their sha256 equals the
+        record's. A damaged file is reported by `damaged` and makes the cell not done."""
         rec = self.record(variant, seed)
-        if rec is None or rec.config_hash != config_hash:
+        if rec is None or rec.raw.get("key") != key:
             return False
-        if not self.weights(variant, seed).is_file():
+        files = [(self.weights(variant, seed), rec.weights_sha256)]
+        if checkpoints:
+            if len(rec.checkpoint_sha256) != len(rec.raw.get("history", ())):
+                return False
+            files += [(self.weights(variant, seed, int(e)), sha)
+                      for e, sha in rec.checkpoint_sha256.items()]
+        return all(self.intact_file(p, sha) for p, sha in files)
+
+    def intact_file(self, path: Path, sha256: str) -> bool:
+        """True if ``path`` exists with this sha256 (cached per process by path, size and
+        modification time); a file that exists with another hash is recorded in `damaged`."""
+        try:
+            st = path.stat()
+        except OSError:
             return False
-        return not checkpoints or len(rec.checkpoint_sha256) == len(rec.raw.get("history", ()))
+        stamp = (str(path), st.st_size, st.st_mtime_ns)
+        if stamp not in _HASHES:
+            _HASHES[stamp] = _sha256(path)
+        if _HASHES[stamp] != sha256:
+            self.damaged.add(self.relative(path))
+            return False
+        return True
 
     # ------------------------------------------------------------------ per-cell results
     @property
@@ -280,22 +313,46 @@ class RunDir:
             return p.resolve().relative_to(self.root.resolve()).as_posix()
 
     def write_manifest(self, name: str, key: str | None, outputs: list[Path]) -> None:
-        """Record that aggregation ``name`` with input key ``key`` wrote ``outputs`` (stored
-        relative to the run directory, so a copied or moved run stays cached)."""
-        write_json(self.manifest(name), {"key": key, "outputs": sorted(
-            self.relative(p) for p in outputs)})
+        """Record that aggregation ``name`` with input key ``key`` wrote ``outputs``: each by its
+        path relative to the run directory (a copied or moved run stays cached), size and
+        sha256 (a damaged output is recomputed, never trusted)."""
+        files = {}
+        for p in sorted(outputs, key=str):
+            files[self.relative(p)] = {"size": Path(p).stat().st_size, "sha256": _sha256(Path(p))}
+        write_json(self.manifest(name), {"key": key, "outputs": files})
 
     def manifest_outputs(self, name: str, key: str | None) -> list[Path] | None:
-        """The outputs of aggregation ``name`` if it was done with ``key`` and every output still
-        exists; else None."""
+        """The outputs of aggregation ``name`` if it was done with ``key`` and every output is
+        still there, intact (size and sha256 as recorded); else None (damaged ones are added to
+        `damaged`)."""
         try:
             m = json.loads(self.manifest(name).read_text())
         except (OSError, ValueError):
             return None
-        if key is None or m.get("key") != key:
+        if key is None or m.get("key") != key or not isinstance(m.get("outputs"), dict):
             return None
-        outs = [self.root / o for o in m.get("outputs", [])]
-        return outs if all(p.is_file() for p in outs) else None
+        outs = []
+        for rel, meta in m["outputs"].items():
+            path = self.root / rel
+            try:
+                size = path.stat().st_size
+            except OSError:
+                return None
+            if size != meta.get("size") or not self.intact_file(path, meta.get("sha256", "")):
+                self.damaged.add(rel)
+                return None
+            outs.append(path)
+        return outs
+
+    def key_of(self, path: Path) -> str | None:
+        """The key stored in a per-cell result file (`read_key`), None when it is missing; a file
+        that exists but is unreadable or truncated is added to `damaged` (and gives None)."""
+        if not Path(path).is_file():
+            return None
+        key = read_key(path)
+        if key is None:
+            self.damaged.add(self.relative(path))
+        return key
 
     # ------------------------------------------------------------------ housekeeping
     def stale_temporaries(self) -> Iterator[Path]:
@@ -391,11 +448,17 @@ def table_metadata(path: Path) -> dict[str, str] | None:
 
 
 def write_tensors(path: Path, tensors: Mapping[str, Any], meta: Mapping[str, str]) -> Path:
-    """Write tensors as safetensors atomically with string metadata (sorted keys)."""
-    from safetensors.torch import save_file
+    """Write tensors as safetensors atomically with string metadata, the header in canonical form
+    (sorted keys): safetensors itself orders metadata keys by a hash map, so identical results
+    would otherwise give different bytes."""
+    from safetensors.torch import save
 
+    raw = save(dict(tensors), metadata={k: str(v) for k, v in meta.items()})
+    n = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":"))
+    header += " " * (-len(header) % 8)  # keep the data 8-byte aligned, as safetensors does
     with atomic_path(path) as tmp:
-        save_file(dict(tensors), str(tmp), metadata={k: str(meta[k]) for k in sorted(meta)})
+        tmp.write_bytes(len(header).to_bytes(8, "little") + header.encode() + raw[8 + n:])
     return path
 
 
@@ -416,12 +479,29 @@ def read_tensors(path: str | Path, tensors: bool = True, what: str = "file"
         raise AuglensError(f"corrupt {what} {path}: {e}") from None
 
 
+def safetensors_intact(path: Path) -> bool:
+    """Cheap integrity check of a safetensors file: its header parses and the file is exactly as
+    long as the header says (a truncated or extended file fails)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
+                  default=0)
+        return Path(path).stat().st_size == 8 + n + end
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+
+
 def read_key(path: str | Path) -> str | None:
-    """The key stored in a Parquet or safetensors file, or None (missing or unreadable)."""
+    """The key stored in a Parquet or safetensors file, or None (missing, unreadable or — for
+    safetensors — truncated: `safetensors_intact`; Parquet checks its footer on read)."""
     path = Path(path)
     if path.suffix == ".parquet":
         meta = table_metadata(path)
         return None if meta is None else meta.get("key")
+    if not safetensors_intact(path):
+        return None
     try:
         return read_tensors(path, tensors=False)[1].get(KEY)
     except AuglensError:

@@ -57,8 +57,6 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -132,10 +130,9 @@ class Estimator:
     def save(self, path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
         """Write a safetensors file (atomically) with tensors ``mean``, ``std``, ``nonzero`` and
         metadata ``format``, ``layer``, ``n_samples``, ``model_fingerprint`` (+ ``metadata``)."""
-        from safetensors.torch import save_file
+        from ..rundir import write_tensors
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {str(k): str(v) for k, v in (metadata or {}).items()}
         meta.update(
             format=ESTIMATOR_FORMAT,
@@ -148,15 +145,7 @@ class Estimator:
             "std": self.std.detach().cpu().float().contiguous(),
             "nonzero": self.nonzero.detach().cpu().long().contiguous(),
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return write_tensors(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> Estimator:

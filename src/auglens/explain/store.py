@@ -20,6 +20,7 @@ from ..config import CellConfig
 from ..data import load_dataset
 from ..data.images import take_images
 from ..errors import AuglensError
+from ..keys import cell_key, data_files, environment, pinned_threads, task_threads
 from ..models import default_target_layer, load_model
 from ..rundir import KEY, RunDir, content_key, read_key, read_tensors, write_tensors
 from ..utils import resolve_device
@@ -33,10 +34,12 @@ VERSION = 2
 def explanation_key(cfg: CellConfig, weights_sha: str, method: str, n: int,
                     params: Mapping[str, Any] | None = None,
                     estimator_images: int | None = None) -> str:
-    """The key of an explanation file: the data, the weights, the method, its layer and
-    parameters, the number of images (and IBA's estimator size)."""
-    obj = {"data": cfg.data.model_dump(mode="json"), "weights": weights_sha, "method": method,
-           "layer": cfg.model.target_layer, "n_images": n, "params": dict(params or {}),
+    """The key of an explanation file (`auglens.keys`): the data config and test files, the
+    weights, the method, its layer and parameters, the number of images (and IBA's estimator
+    size), the numeric environment."""
+    obj = {"data": cfg.data.model_dump(mode="json"), "test_files": data_files(cfg, "test"),
+           "weights": weights_sha, "method": method, "layer": cfg.model.target_layer,
+           "n_images": n, "params": dict(params or {}), "numeric": environment(cfg, "fp32"),
            "version": VERSION}
     if method == "iba":
         obj["estimator_images"] = estimator_images
@@ -104,11 +107,23 @@ def explain_cell(
     data = load_dataset(cfg)
     test = data.test
     n = len(test) if n_images is None else min(n_images, len(test))
-    layer = cfg.model.target_layer
     key = explanation_key(cfg, weights_sha, method, n, params, estimator_images)
     path = run.explanation(method, variant, seed, epoch)
     if not force and read_key(path) == key:
         return path, True
+    with pinned_threads(task_threads(cfg)):
+        return _explain(cfg, run, variant, seed, method, n, key, path, batch_size, device,
+                        params, estimator_images, on_batch, epoch, weights_sha), False
+
+
+def _explain(cfg: CellConfig, run: RunDir, variant: str, seed: int, method: str, n: int,
+             key: str, path: Path, batch_size: int, device: str,
+             params: Mapping[str, Any] | None, estimator_images: int,
+             on_batch: Callable[[int, int], None] | None, epoch: int | None,
+             weights_sha: str) -> Path:
+    data = load_dataset(cfg)
+    test = data.test
+    layer = cfg.model.target_layer
     dev = resolve_device(device)
     model = load_model(cfg.model, data.num_classes, run.weights(variant, seed, epoch)).to(dev)
     kwargs = dict(params or {})
@@ -132,12 +147,12 @@ def explain_cell(
             "weights_sha256": weights_sha, "split": "test",
             "storage": "float16 raw maps at feature resolution"}
     write_tensors(path, tensors, meta)
-    return path, False
+    return path
 
 
 def _trained(run: RunDir, cfg: CellConfig, variant: str, seed: int) -> Any:
     rec = run.record(variant, seed)
-    if rec is None or not run.cell_done(variant, seed, cfg.content_hash()):
+    if rec is None or not run.cell_done(variant, seed, cell_key(cfg)):
         raise AuglensError(f"cell {variant}/seed{seed} is not trained yet "
                            f"({run.cell(variant, seed)}); run `auglens run` first")
     return rec

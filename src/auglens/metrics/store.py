@@ -31,6 +31,7 @@ import torch
 from ..config import CellConfig, DissectConfig, EvaluateConfig
 from ..data import load_dataset
 from ..errors import AuglensError
+from ..keys import data_files, environment, pinned_threads, task_threads
 from ..models import load_model
 from ..rundir import RunDir, content_key, read_key, read_tensors, table_metadata, write_table
 from ..utils import resolve_device, upsample
@@ -58,9 +59,12 @@ def _explanation(run: RunDir, method: str, variant: str, seed: int, tensors: boo
     return read_tensors(path, tensors, what="explanation file")
 
 
-def evaluate_key(expl_key: str, ecfg: EvaluateConfig) -> str:
-    cfg = {f: getattr(ecfg, f) for f in _CELL_FIELDS}
-    return content_key({"explanation": expl_key, "evaluate": cfg, "version": 2})
+def evaluate_key(expl_key: str, ecfg: EvaluateConfig, cfg: CellConfig) -> str:
+    """Key of a per-cell evaluation: its explanation's key (weights, test files, method, …), the
+    evaluate settings that change per-cell numbers, the numeric environment."""
+    fields = {f: getattr(ecfg, f) for f in _CELL_FIELDS}
+    return content_key({"explanation": expl_key, "evaluate": fields,
+                        "numeric": environment(cfg, "fp32"), "version": 3})
 
 
 def regions_of(test: Any, ids: torch.Tensor) -> torch.Tensor | None:
@@ -89,11 +93,19 @@ def evaluate_cell(
     """Alignment and faithfulness of one cell's stored ``method`` maps (of its checkpoint after
     ``epoch`` if given) → (file, cached)."""
     run = _run(run_dir)
-    key = evaluate_key(read_key(run.explanation(method, variant, seed, epoch)) or "", ecfg)
+    key = evaluate_key(read_key(run.explanation(method, variant, seed, epoch)) or "", ecfg, cfg)
     path = run.evaluation(method, variant, seed, epoch)
     cpath = run.curves(method, variant, seed, epoch)
     if not force and read_key(path) == key and (not ecfg.faithfulness or read_key(cpath) == key):
         return path, True
+    with pinned_threads(task_threads(cfg)):
+        return _evaluate(cfg, run, variant, seed, method, ecfg, device, epoch, key), False
+
+
+def _evaluate(cfg: CellConfig, run: RunDir, variant: str, seed: int, method: str,
+              ecfg: EvaluateConfig, device: str, epoch: int | None, key: str) -> Path:
+    path = run.evaluation(method, variant, seed, epoch)
+    cpath = run.curves(method, variant, seed, epoch)
     tensors, _ = _explanation(run, method, variant, seed, True, epoch)
     data = load_dataset(cfg)
     ids = tensors["image_ids"].long()
@@ -163,7 +175,7 @@ def evaluate_cell(
         write_table(_with_identity(curves_df, ident), cpath, key, ident)
     write_table(_with_identity(df, ident), path, key,
                 {"notes": json.dumps(notes, sort_keys=True)} | ident)
-    return path, False
+    return path
 
 
 def _with_identity(df: pd.DataFrame, ident: dict[str, str]) -> pd.DataFrame:
@@ -192,12 +204,27 @@ def _identity(method: str | None, variant: str, seed: int, epoch: int | None = N
 
 
 def dissect_key(cfg: CellConfig, weights_sha: str, dcfg: DissectConfig) -> str:
+    """Key of a per-cell dissection: weights, layer, probe (the dataset's test files, or the
+    Broden folder's files), settings, numeric environment."""
     obj = {"data": cfg.data.model_dump(mode="json"), "weights": weights_sha,
            "layer": cfg.model.target_layer, "n_images": dcfg.n_images,
-           "quantile": dcfg.quantile, "iou": dcfg.iou_threshold, "version": 1}
-    if dcfg.probe != "dataset":
-        obj["probe"] = [dcfg.probe, str(dcfg.broden_root)]
+           "quantile": dcfg.quantile, "iou": dcfg.iou_threshold,
+           "numeric": environment(cfg, "fp32"), "version": 2}
+    if dcfg.probe == "dataset":
+        obj["probe_files"] = data_files(cfg, "test")
+    else:
+        obj["probe"] = [dcfg.probe, str(dcfg.broden_root), broden_files(dcfg.broden_root)]
     return content_key(obj)
+
+
+def broden_files(root: Any) -> str:
+    """Fingerprint of a Broden folder's index and label files (stat: list, sizes, times)."""
+    from ..data.fingerprint import files_fingerprint
+
+    r = Path(str(root))
+    files = [p for p in r.rglob("*") if p.is_file() and p.suffix.lower() in (".csv", ".png",
+                                                                              ".jpg", ".jpeg")]
+    return files_fingerprint(files, r)
 
 
 @functools.lru_cache(maxsize=2)
@@ -244,6 +271,13 @@ def dissect_cell(
     path = run.dissection(variant, seed)
     if not force and read_key(path) == key:
         return path, True
+    with pinned_threads(task_threads(cfg)):
+        return _dissect(cfg, run, variant, seed, dcfg, device, force, key), False
+
+
+def _dissect(cfg: CellConfig, run: RunDir, variant: str, seed: int, dcfg: DissectConfig,
+             device: str, force: bool, key: str) -> Path:
+    path = run.dissection(variant, seed)
     data = load_dataset(cfg)
     images, concepts, names, cats = probe_set(data, dcfg, cfg.data.name)
     model = load_model(cfg.model, data.num_classes, run.weights(variant, seed))
@@ -264,7 +298,7 @@ def dissect_cell(
     ident = _identity(None, variant, seed)
     write_table(_with_identity(table, ident), path, key,
                 {"summary": json.dumps(result.summary(), sort_keys=True)} | ident)
-    return path, False
+    return path
 
 
 def read_metadata(path: Path) -> dict[str, str]:

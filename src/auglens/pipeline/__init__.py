@@ -124,7 +124,17 @@ def make_plan(exp: ExperimentConfig, run_dir: str | Path | RunDir,
     check_inputs(exp)
     ctx = _context(exp, run_dir, None, force, Reporter(quiet=True))
     plan = Plan()
-    retrain: set[tuple[str, int]] = set()  # cells whose training is still to run
+    redo: dict[str, set] = {name: set() for name in STAGES}  # what each stage recomputes
+
+    def upstream(name: str, task: Any) -> str:
+        """Why ``task`` must rerun because of work an earlier stage redoes ("" if none)."""
+        cell = (task.variant, task.seed)
+        if cell in redo["train"]:
+            return "its cell is retrained"
+        if name == "evaluate" and (cell, task.epoch, task.method) in redo["explain"]:
+            return "its explanation is recomputed"
+        return ""
+
     for name in STAGES[:-1]:
         stage: Stage = STAGE_TYPES[name](ctx)
         why = stage.skip_reason()
@@ -133,16 +143,23 @@ def make_plan(exp: ExperimentConfig, run_dir: str | Path | RunDir,
             continue
         todo, cached = plan.todo.setdefault(name, []), plan.cached.setdefault(name, [])
         for task in stage.tasks():
-            done = ((task.variant, task.seed) not in retrain and not stage.forced
-                    and stage.cached(task))
-            (cached if done else todo).append(task.label)
-            if name == "train" and not done:
-                retrain.add((task.variant, task.seed))
+            why = f"--force {name}" if stage.forced else (upstream(name, task)
+                                                          or stage.status(task))
+            if not why:
+                cached.append(task.label)
+                continue
+            todo.append(f"{task.label}  ({why})")
+            cell = (task.variant, task.seed)
+            redo[name].add(cell if name in ("train", "dissect")
+                           else (cell, task.epoch, getattr(task, "method", None)))
+        inputs_redone = bool(redo["train"]) or (name == "compare" and redo["explain"]) or bool(
+            redo[name])
         for agg in stage.aggregations():
-            done = not retrain and stage.aggregation_cached(agg)
+            done = not inputs_redone and stage.aggregation_cached(agg)
             (cached if done else todo).append(f"{agg.label} (tables)")
-        if name == "train" and retrain:
+        if name == "train" and redo["train"]:
             if exp.analysis.matched and len(exp.variants) > 1:
                 plan.notes.append("explain/evaluate: + the accuracy-matched baseline "
                                   "checkpoints, chosen after training")
+    plan.notes += [f"damaged file {rel}: it will be recomputed" for rel in sorted(ctx.run.damaged)]
     return plan

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from ..config import CellConfig, ExperimentConfig
 from ..executors import Executor
 from ..progress import Reporter
-from ..rundir import RunDir, content_key, read_key
+from ..rundir import RunDir, content_key
 from .tasks import CellTask, DissectTask, EvaluateTask, ExplainTask, TrainTask, execute
 
 STAGES = ("train", "explain", "compare", "evaluate", "dissect", "report")
@@ -66,9 +66,23 @@ class Stage:
     def tasks(self) -> list[CellTask]:
         return []
 
+    def status(self, task: CellTask) -> str:
+        """Why ``task`` must run ("" when its output exists intact with the right key; cheap:
+        headers, and hashes of weights cached per process)."""
+        return "not computed yet"
+
     def cached(self, task: CellTask) -> bool:
-        """True if ``task``'s output exists with the right key (cheap: headers only)."""
-        return False
+        return not self.status(task)
+
+    def _file_status(self, path: Path, key: str) -> str:
+        """"" if ``path`` carries ``key``; else why not (missing, damaged, stale)."""
+        got = self.ctx.run.key_of(path)
+        if got == key:
+            return ""
+        if got is None:
+            return "damaged" if self.ctx.run.relative(path) in self.ctx.run.damaged \
+                else "not computed yet"
+        return "inputs changed"
 
     def aggregations(self) -> list[Aggregation]:
         return []
@@ -81,6 +95,7 @@ class Stage:
         ctx = self.ctx
         tasks = self.tasks()
         todo = tasks if self.forced else [t for t in tasks if not self.cached(t)]
+        self.report_damaged()
         aggs = self.aggregations()
         ctx.rep.stage(self.name, len(tasks) + len(aggs),
                       len(tasks) - len(todo) + sum(self.aggregation_cached(a) for a in aggs))
@@ -91,6 +106,7 @@ class Stage:
         self.finish()
         for agg in self.aggregations():  # keys may depend on what the tasks wrote
             outs = None if self.forced else ctx.run.manifest_outputs(agg.name, agg.key)
+            self.report_damaged()
             if outs is not None:
                 ctx.rep.advance(self.name, f"{agg.label} (cached)")
                 ctx.outputs[agg.name] = outs
@@ -102,6 +118,13 @@ class Stage:
 
     def describe(self, task: CellTask, result: Any) -> str:
         return task.label
+
+    def report_damaged(self) -> None:
+        """One line per damaged file found by the checks (it is recomputed, never trusted)."""
+        run = self.ctx.run
+        for rel in sorted(run.damaged - run.reported):
+            self.ctx.rep.message(f"[{self.name}] damaged file {rel}: recomputing it")
+        run.reported |= run.damaged
 
     def finish(self) -> None:
         """After the tasks, before the aggregations."""
@@ -135,9 +158,22 @@ class TrainStage(Stage):
         return [TrainTask(c.model_dump(mode="json"), root, v, s,
                           keep_checkpoints=self._keep(v)) for v, s, c in self.cells()]
 
-    def cached(self, task: CellTask) -> bool:
-        return self.ctx.run.cell_done(task.variant, task.seed, task.config.content_hash(),
-                                      self._keep(task.variant))
+    def status(self, task: CellTask) -> str:
+        from ..keys import cell_inputs, describe_change
+
+        run, cfg = self.ctx.run, task.config
+        inputs = cell_inputs(cfg)
+        if run.cell_done(task.variant, task.seed, content_key(inputs), self._keep(task.variant)):
+            return ""
+        rec = run.record(task.variant, task.seed)
+        if rec is None:
+            return "not trained yet"
+        if rec.raw.get("key") == content_key(inputs):
+            rel = {run.relative(run.weights(task.variant, task.seed))}
+            if run.damaged & rel:
+                return "weights damaged"
+            return "checkpoints missing or damaged" if self._keep(task.variant) else "damaged"
+        return describe_change(rec.raw.get("key_inputs"), inputs)
 
     def describe(self, task: CellTask, record: Any) -> str:
         flag = "" if record["converged"] else ", NOT converged"
@@ -145,15 +181,35 @@ class TrainStage(Stage):
                 f"{record['best_epoch']}/{record['epochs_trained']}{flag} "
                 f"({record['train_seconds']:.0f}s)")
 
-    def finish(self) -> None:
+    def _records(self) -> dict[tuple[str, int], dict[str, Any]]:
+        return {(v, s): dict(self.ctx.run.record(v, s).raw) for v, s, _ in self.cells()}
+
+    def aggregations(self) -> list[Aggregation]:
+        """tables/performance (convergence, failed runs) and tables/matching (the accuracy-
+        matched baseline checkpoints), keyed by the cells' keys."""
+        exp, run = self.ctx.exp, self.ctx.run
+        recs = [run.record(v, s) for v, s, _ in self.cells()]
+        key = None if any(r is None for r in recs) else content_key(
+            {"cells": [r.raw.get("key") for r in recs], "baseline": exp.baseline,
+             "failed_margin": exp.analysis.failed_margin, "version": 1})
+        return [Aggregation("train", key, self._tables, "performance and matching")]
+
+    def _tables(self) -> dict[str, Path]:
         from ..rundir import write_table
         from ..train.matching import matching_table, performance_table
 
-        ctx, exp = self.ctx, self.ctx.exp
-        records = {(v, s): dict(ctx.run.record(v, s).raw) for v, s, _ in self.cells()}
+        exp, run = self.ctx.exp, self.ctx.run
+        records = self._records()
         perf = performance_table(records, exp.analysis.failed_margin)
-        write_table(perf, ctx.run.table("performance"))
-        write_table(matching_table(records, exp.baseline), ctx.run.table("matching"))
+        return {"performance": write_table(perf, run.table("performance")),
+                "matching": write_table(matching_table(records, exp.baseline),
+                                        run.table("matching"))}
+
+    def finish(self) -> None:
+        from ..train.matching import performance_table
+
+        ctx, exp = self.ctx, self.ctx.exp
+        perf = performance_table(self._records(), exp.analysis.failed_margin)
         ctx.outputs["performance"] = perf
         for row in perf.itertuples():
             if not row.converged:
@@ -179,13 +235,24 @@ class ExplainStage(Stage):
                             force=self.forced)
                 for v, s, c, e in self.explained() for m in ec.methods]
 
-    def cached(self, task: CellTask) -> bool:
-        from ..explain.store import explanation_cached
+    def status(self, task: CellTask) -> str:
+        from ..data import load_dataset
+        from ..explain.store import explanation_key
 
         assert isinstance(task, ExplainTask)
-        return explanation_cached(task.config, self.ctx.run, task.variant, task.seed,
-                                  task.method, task.n_images, task.params, task.estimator_images,
-                                  task.epoch)
+        run, cfg = self.ctx.run, task.config
+        rec = run.record(task.variant, task.seed)
+        if rec is None:
+            return "cell not trained yet"
+        try:
+            sha = rec.weights(task.epoch)
+        except Exception:  # noqa: BLE001 - no such checkpoint
+            return "checkpoint missing"
+        n_test = len(load_dataset(cfg).test)
+        n = n_test if task.n_images is None else min(task.n_images, n_test)
+        key = explanation_key(cfg, sha, task.method, n, task.params, task.estimator_images)
+        return self._file_status(run.explanation(task.method, task.variant, task.seed,
+                                                 task.epoch), key)
 
 
 class CompareStage(Stage):
@@ -209,7 +276,7 @@ class CompareStage(Stage):
     def key(self, method: str) -> str | None:
         """Over the keys of every explanation Study A reads, and the analysis settings."""
         exp, run = self.ctx.exp, self.ctx.run
-        keys = [read_key(run.explanation(method, v, s, e)) for v, s, _, e in self.explained()]
+        keys = [run.key_of(run.explanation(method, v, s, e)) for v, s, _, e in self.explained()]
         if any(k is None for k in keys):
             return None
         return content_key({"explanations": keys, "baseline": exp.baseline, "seeds": exp.seeds,
@@ -235,24 +302,27 @@ class EvaluateStage(Stage):
                              force=self.forced)
                 for v, s, c, e in self.explained() for m in exp.explain.methods]
 
-    def cached(self, task: CellTask) -> bool:
+    def status(self, task: CellTask) -> str:
         from ..metrics.store import evaluate_key
 
         assert isinstance(task, EvaluateTask)
         run, ecfg = self.ctx.run, self.ctx.exp.evaluate
-        expl = read_key(run.explanation(task.method, task.variant, task.seed, task.epoch))
+        expl = run.key_of(run.explanation(task.method, task.variant, task.seed, task.epoch))
         if expl is None:
-            return False
-        key = evaluate_key(expl, ecfg)
-        return read_key(run.evaluation(task.method, task.variant, task.seed, task.epoch)) == key \
-            and (not ecfg.faithfulness
-                 or read_key(run.curves(task.method, task.variant, task.seed, task.epoch)) == key)
+            return "explanation not computed yet"
+        key = evaluate_key(expl, ecfg, task.config)
+        why = self._file_status(run.evaluation(task.method, task.variant, task.seed,
+                                               task.epoch), key)
+        if why or not ecfg.faithfulness:
+            return why
+        return self._file_status(run.curves(task.method, task.variant, task.seed, task.epoch),
+                                 key)
 
     def aggregations(self) -> list[Aggregation]:
         from ..analysis.run_b import analyse_evaluation
 
         exp, run = self.ctx.exp, self.ctx.run
-        keys = [read_key(run.evaluation(m, v, s, e)) for v, s, _, e in self.explained()
+        keys = [run.key_of(run.evaluation(m, v, s, e)) for v, s, _, e in self.explained()
                 for m in exp.explain.methods]
         key = None if any(k is None for k in keys) else content_key(
             {"inputs": keys, "evaluate": exp.evaluate.model_dump(mode="json"),
@@ -283,20 +353,20 @@ class DissectStage(Stage):
         return [DissectTask(c.model_dump(mode="json"), root, v, s, dissect=dcfg,
                             force=self.forced) for v, s, c in self.cells()]
 
-    def cached(self, task: CellTask) -> bool:
+    def status(self, task: CellTask) -> str:
         from ..metrics.store import dissect_key
 
         rec = self.ctx.run.record(task.variant, task.seed)
         if rec is None:
-            return False
+            return "cell not trained yet"
         key = dissect_key(task.config, rec.weights_sha256, self.ctx.exp.dissect)
-        return read_key(self.ctx.run.dissection(task.variant, task.seed)) == key
+        return self._file_status(self.ctx.run.dissection(task.variant, task.seed), key)
 
     def aggregations(self) -> list[Aggregation]:
         from ..analysis.run_b import analyse_dissection
 
         exp, run = self.ctx.exp, self.ctx.run
-        keys = [read_key(run.dissection(v, s)) for v, s, _ in self.cells()]
+        keys = [run.key_of(run.dissection(v, s)) for v, s, _ in self.cells()]
         key = None if any(k is None for k in keys) else content_key(
             {"inputs": keys, "variants": list(exp.variants), "version": 2})
         return [Aggregation("dissect", key, lambda: analyse_dissection(exp, run), "tables")]

@@ -143,5 +143,19 @@ class DissectTask(CellTask):
 
 
 def execute(task: CellTask, events: Any = None) -> Any:
-    """Run ``task`` (the function executors call in a worker)."""
-    return task.run(events)
+    """Run ``task`` (the function executors call in a worker). Python warnings raised by the
+    task (e.g. a corrupt image skipped by the loader) travel to the run's log as events."""
+    import warnings
+
+    if events is None:
+        return task.run(events)
+    previous = warnings.showwarning
+
+    def forward(message: Any, category: Any, filename: str, lineno: int, *_: Any) -> None:
+        _put(events, "warning", task.label, 0, 0, f"{category.__name__}: {message}")
+
+    warnings.showwarning = forward
+    try:
+        return task.run(events)
+    finally:
+        warnings.showwarning = previous

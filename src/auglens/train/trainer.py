@@ -27,9 +27,10 @@ from ..augment import build_augmentation, jsd_consistency_loss
 from ..config import CellConfig, TrainConfig
 from ..data import Dataset, ImageSet, load_dataset
 from ..data.images import iter_batches
+from ..keys import cell_inputs, pinned_threads, task_threads
 from ..models import build_model, save_weights, weights_fingerprint
 from ..models.precision import autocast, memory_format, resolve_precision
-from ..rundir import CellFiles
+from ..rundir import CellFiles, content_key
 from ..utils import atomic_path, derive_seed, make_generator, resolve_device, software_versions
 from ..utils import write_json as _write_json
 from .metrics import classification_report
@@ -37,19 +38,16 @@ from .stopping import StoppingRule
 
 
 @contextlib.contextmanager
-def deterministic(threads: int | None) -> Iterator[None]:
-    """Deterministic algorithms (and optionally a thread count) for the block; restored after."""
+def deterministic(threads: int) -> Iterator[None]:
+    """Deterministic algorithms and a pinned thread count for the block; restored after."""
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    prev_threads = torch.get_num_threads()
     torch.use_deterministic_algorithms(True, warn_only=True)
-    if threads:
-        torch.set_num_threads(threads)
     try:
-        yield
+        with pinned_threads(threads):
+            yield
     finally:
         torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
-        torch.set_num_threads(prev_threads)
 
 
 def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[Tensor]:
@@ -162,7 +160,8 @@ def train_cell(
     data = load_dataset(cfg)
     files = CellFiles(Path(out_dir)) if out_dir is not None else None
     t0 = time.perf_counter()
-    with deterministic(tc.threads):
+    inputs = cell_inputs(cfg)  # before training: what the record's key says it was made from
+    with deterministic(task_threads(cfg)):
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         model = build_model(
             cfg.model.name,
@@ -260,6 +259,8 @@ def train_cell(
     record = {
         "config": cfg.model_dump(mode="json"),
         "config_hash": cfg.content_hash(),
+        "key": content_key(inputs),
+        "key_inputs": inputs,
         "dataset": {"name": data.name, "info": data.info, "class_names": data.class_names},
         "device": str(device),
         "precision": precision,
