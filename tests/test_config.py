@@ -107,3 +107,13 @@ def test_a_variant_given_twice_is_refused_not_collapsed(tmp_path):
                                           r"\(line 4, column 3\)") as e:
         read_yaml(path)
     assert "\n" not in str(e.value)
+
+
+def test_the_readme_set_examples_work():
+    """Defect (#13): the README's `--set augment.0.degrees=30` was refused by `auglens run`: the
+    experiment's augmentations live under variants.<name>; a single cell's under augment."""
+    exp = load_config(ExperimentConfig, {"variants": {"baseline": [], "affine": [
+        {"name": "affine"}]}}, ["variants.affine.0.degrees=30", "seeds=[0,1]", "train.epochs=1"])
+    assert exp.variants["affine"][0]["degrees"] == 30 and exp.seeds == [0, 1]
+    cell = load_config(CellConfig, {"augment": [{"name": "affine"}]}, ["augment.0.degrees=30"])
+    assert cell.augment[0]["degrees"] == 30

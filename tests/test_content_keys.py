@@ -256,3 +256,21 @@ def test_subcommands_take_the_run_lock(base, capsys):
             assert main(cmd) == 2
             err = capsys.readouterr().err
             assert "is in use by another auglens process" in err and err.count("\n") == 1
+
+
+def test_skip_corrupt_warning_reaches_the_run_log(tmp_path):
+    """Defect 6: the skip_corrupt warning (raised while workers load the data) was missing from
+    run.log."""
+    root = tmp_path / "data"
+    _folder(root)
+    (root / "train" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    exp = dict(EXP, variants={"baseline": []}, seeds=[0],
+               data={"name": "imagefolder", "root": str(root), "image_size": 8, "val_size": 2,
+                     "skip_corrupt": True},
+               explain={"methods": ["gradcam"]}, evaluate={"enabled": False},
+               dissect={"enabled": False})
+    cfg = _write(tmp_path / "exp.yaml", exp)
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet",
+                 "--workers", "2"]) == 0
+    log = (tmp_path / "run" / "run.log").read_text()
+    assert "warning" in log and "broken.png" in log
