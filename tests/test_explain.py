@@ -290,16 +290,26 @@ def test_existing_grads_are_kept():
     assert all(torch.equal(p.grad, g) for p, g in zip(m.parameters(), grads, strict=True))
 
 
-def test_guard_removes_stray_hooks_on_error():
+def test_guard_and_layer_tap_restore_everything_on_error():
+    """preserved_state restores flags; every hook goes through LayerTap (torch's public hook
+    API), whose handles are removed when the block ends, also on error."""
+    from auglens.models.tap import LayerTap
+
     m = _model("small_resnet").train()
+    seen = []
+
+    def boom(mod, inputs, output):
+        seen.append(output.shape)
+        raise ValueError("inside the forward")
+
     with pytest.raises(ValueError):
-        with preserved_state(m):
-            m.layer2.register_forward_hook(lambda *a: None)
-            m.layer2.register_forward_pre_hook(lambda *a: None)
+        with preserved_state(m), LayerTap(m.layer2, boom), LayerTap(
+                [m.layer1, m.layer3], lambda mod, args: None, kind="pre"):
             assert not m.training and not any(p.requires_grad for p in m.parameters())
-            raise ValueError
-    assert m.training and all(p.requires_grad for p in m.parameters())
-    assert not m.layer2._forward_hooks and not m.layer2._forward_pre_hooks
+            m(torch.randn(2, 3, 32, 32))
+    assert seen and m.training and all(p.requires_grad for p in m.parameters())
+    for layer in (m.layer1, m.layer2, m.layer3):
+        assert not layer._forward_hooks and not layer._forward_pre_hooks
 
 
 # ------------------------------------------------------------------------------ bad inputs

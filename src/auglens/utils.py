@@ -100,3 +100,13 @@ def upsample(maps: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
         raise AuglensError(f"upsample expects maps of shape (B, h, w), got {tuple(maps.shape)}")
     size = (size, size) if isinstance(size, int) else tuple(size)
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def gaussian_taps(sigma: float, radius: int) -> torch.Tensor:
+    """Float64 (2·radius + 1,) normalised 1-D Gaussian exp(-½ (i/σ)²) at integer offsets
+    i = -radius..radius. Each user picks its radius by the reference it follows (scipy's
+    ``truncate``, skimage's SSIM window, IBA's kernel size); torchvision's blur uses its own
+    formula (`auglens.augment._util.gaussian_kernels`)."""
+    i = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    g = torch.exp(-0.5 * (i / sigma) ** 2)
+    return g / g.sum()

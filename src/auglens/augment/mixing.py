@@ -31,6 +31,7 @@ import torch
 from scipy.special import betaincinv
 from torch import Tensor
 
+from ..utils import gaussian_taps
 from ._util import _is_number, as_bool, as_float
 from .base import AUGMENTATIONS, AugLog, Augmentation, ParameterError
 from .photometric import _grayscale
@@ -303,10 +304,7 @@ class CutMix(Augmentation):
 def _gaussian_kernel(sigma: float, truncate: float = 4.0) -> tuple[float, ...]:
     """Normalised weights exp(-i²/(2σ²)) at offsets |i| <= r = ⌊truncate·σ + 0.5⌋, i = -r..r
     (``scipy.ndimage.gaussian_filter``'s kernel)."""
-    r = int(truncate * sigma + 0.5)
-    i = torch.arange(-r, r + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (i / sigma) ** 2)
-    return tuple((k / k.sum()).tolist())
+    return tuple(gaussian_taps(sigma, int(truncate * sigma + 0.5)).tolist())
 
 
 @functools.lru_cache(maxsize=32)

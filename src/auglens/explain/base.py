@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..errors import AuglensError
 from ..models.registry import default_target_layer, get_module
+from ..models.tap import model_device, model_dtype
 from ..models.vit import token_grid
 from ..registry import Registry
 from ..utils import upsample  # noqa: F401 - re-exported: maps → input size
@@ -34,17 +35,6 @@ from ..utils import upsample  # noqa: F401 - re-exported: maps → input size
 EXPLAINERS: Registry = Registry("explainer")
 
 Target = Literal["predicted"] | int | Sequence[int] | Tensor
-
-_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-)
-
 
 @dataclass
 class Explanation:
@@ -113,46 +103,17 @@ def feature_grid(model: nn.Module, output: object, layer_name: str) -> Tensor:
     )
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter (or buffer); CPU for a model without tensors."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-def _model_dtype(model: nn.Module) -> torch.dtype:
-    for t in model.parameters():
-        if t.is_floating_point():
-            return t.dtype
-    return torch.float32
-
-
-def _hook_keys(modules: list[nn.Module]) -> dict[tuple[int, str], tuple[int, ...]]:
-    """Ids of the hooks registered on each module, non-empty hook dicts only."""
-    out = {}
-    for i, m in enumerate(modules):
-        md = m.__dict__
-        for name in _HOOK_DICTS:
-            d = md.get(name)
-            if d:
-                out[(i, name)] = tuple(d)
-    return out
-
-
 @contextmanager
 def preserved_state(model: nn.Module, freeze_params: bool = True) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode (and, if ``freeze_params``, all parameters to
     ``requires_grad=False``) for the duration of the block; on exit, also on errors, restore every
-    module's ``training`` flag, every parameter's ``requires_grad`` and ``.grad`` object, and
-    remove every hook that was added to any module inside the block."""
+    module's ``training`` flag and every parameter's ``requires_grad`` and ``.grad`` object. Hooks
+    are added only through `auglens.models.tap.LayerTap`, which removes its own."""
     modules = list(model.modules())
     training = [m.training for m in modules]
     params = list(model.parameters())
     requires = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
-    hooks = _hook_keys(modules)
     try:
         if any(training):
             model.eval()
@@ -170,14 +131,6 @@ def preserved_state(model: nn.Module, freeze_params: bool = True) -> Iterator[nn
                 p.requires_grad_(flag)
             if p.grad is not g:
                 p.grad = g
-        now = _hook_keys(modules)
-        if now != hooks:
-            for (i, name), keys in now.items():
-                before = set(hooks.get((i, name), ()))
-                for k in keys:
-                    if k not in before:
-                        for other in _HOOK_DICTS:  # a handle's id may sit in several dicts
-                            modules[i].__dict__.get(other, {}).pop(k, None)
 
 
 class Explainer:
@@ -238,7 +191,7 @@ class Explainer:
         if b == 0:
             raise AuglensError("explainer input is an empty batch")
         device = model_device(self.model)
-        x = x.detach().to(device=device, dtype=_model_dtype(self.model))
+        x = x.detach().to(device=device, dtype=model_dtype(self.model))
         if x.is_inference():
             with torch.inference_mode(False):
                 x = x.clone()

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import AuglensError
+from ..models.tap import LayerTap
 from .base import Explainer, feature_grid, register_explainer, resolve_targets
 
 GRADCAM_PP_EPS = 1e-6
@@ -59,11 +60,8 @@ class GradientCAM(Explainer):
             return leaf.clone()
 
         with torch.inference_mode(False), torch.enable_grad():
-            handle = self.layer.register_forward_hook(hook)
-            try:
+            with LayerTap(self.layer, hook):
                 logits = self.model(x)
-            finally:
-                handle.remove()
             if "acts" not in store:
                 raise AuglensError(
                     f"target layer '{self.layer_name}' was not called in the forward pass"

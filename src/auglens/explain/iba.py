@@ -70,7 +70,9 @@ from torch import Tensor, nn
 
 from ..errors import AuglensError
 from ..models.registry import default_target_layer, get_module
+from ..models.tap import LayerTap
 from ..models.vit import TokenGrid, token_grid
+from ..utils import gaussian_taps
 from .base import (
     Explainer,
     feature_grid,
@@ -289,20 +291,16 @@ def fit_estimator(
         est.update(feature_grid(net, output, layer_name))
         raise _StopForward
 
-    with preserved_state(net), torch.inference_mode():
-        handle = module.register_forward_hook(hook)
-        try:
-            for start in range(0, images.shape[0], batch_size):
-                xb = images[start : start + batch_size].to(dev).float().div_(255)
-                n_before = est.n
-                try:
-                    net(normalize(xb))
-                except _StopForward:
-                    pass
-                if est.n == n_before:
-                    raise AuglensError(f"layer '{layer_name}' was not called in the forward pass")
-        finally:
-            handle.remove()
+    with preserved_state(net), torch.inference_mode(), LayerTap(module, hook):
+        for start in range(0, images.shape[0], batch_size):
+            xb = images[start : start + batch_size].to(dev).float().div_(255)
+            n_before = est.n
+            try:
+                net(normalize(xb))
+            except _StopForward:
+                pass
+            if est.n == n_before:
+                raise AuglensError(f"layer '{layer_name}' was not called in the forward pass")
     return est.compute()
 
 
@@ -317,11 +315,8 @@ def gaussian_kernel_size(sigma: float) -> int:
 def gaussian_kernel(sigma: float, dtype: torch.dtype = torch.float32) -> Tensor:
     """2-D Gaussian (k, k), k = `gaussian_kernel_size`, normalised to sum 1 (as the reference's
     ``_SpatialGaussianKernel``)."""
-    k = gaussian_kernel_size(sigma)
-    c = torch.arange(k, dtype=torch.float64) - (k - 1) / 2
-    d2 = c[None, :] ** 2 + c[:, None] ** 2
-    kern = torch.exp(-d2 / (2 * sigma**2))
-    return (kern / kern.sum()).to(dtype)
+    g = gaussian_taps(sigma, (gaussian_kernel_size(sigma) - 1) // 2)
+    return torch.outer(g, g).to(dtype)  # exp(-(x²+y²)/2σ²) factorises; sums to 1
 
 
 def _reflect_index(i: int, n: int) -> int:
@@ -339,9 +334,7 @@ def smoothing_matrix(n: int, sigma: float, dtype: torch.dtype = torch.float64) -
     Gaussian g (length k = `gaussian_kernel_size`, p = (k − 1)/2, normalised to sum 1)."""
     k = gaussian_kernel_size(sigma)
     p = (k - 1) // 2
-    c = torch.arange(k, dtype=torch.float64) - p
-    g = torch.exp(-(c**2) / (2 * sigma**2))
-    g = (g / g.sum()).tolist()
+    g = gaussian_taps(sigma, p).tolist()
     rows = [[0.0] * n for _ in range(n)]
     for i in range(n):
         for j in range(k):
@@ -574,12 +567,8 @@ class IBA(Explainer):
             if out is not output:
                 store["tokens"] = output.detach().clone()
 
-        with torch.no_grad():
-            handle = self.layer.register_forward_hook(hook)
-            try:
-                logits = self.model(x)
-            finally:
-                handle.remove()
+        with torch.no_grad(), LayerTap(self.layer, hook):
+            logits = self.model(x)
         if "r" not in store:
             raise AuglensError(f"IBA layer '{name}' was not called in the forward pass")
         if not isinstance(logits, Tensor) or logits.ndim != 2:
@@ -637,11 +626,10 @@ class IBA(Explainer):
 
         def run(z: Tensor) -> Tensor:
             cur["z"] = z
-            handle = self.layer.register_forward_hook(hook)
             try:
-                return self.model(x_rep)
+                with LayerTap(self.layer, hook):
+                    return self.model(x_rep)
             finally:
-                handle.remove()
                 cur.clear()
 
         return run

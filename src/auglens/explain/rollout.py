@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from ..errors import AuglensError
 from ..models.registry import get_module
+from ..models.tap import LayerTap
 from ..models.vit import TokenGrid, token_grid
 from .base import Explainer, register_explainer, resolve_targets
 
@@ -197,16 +198,10 @@ class AttentionRollout(Explainer):
                 )
             captured.append(weights.detach())
 
-        handles = []
-        try:
-            for _, m in self.attention:
-                handles.append(m.register_forward_pre_hook(_ask_for_weights, with_kwargs=True))
-                handles.append(m.register_forward_hook(keep))
+        mods = [m for _, m in self.attention]
+        with LayerTap(mods, _ask_for_weights, kind="pre", with_kwargs=True), LayerTap(mods, keep):
             with torch.no_grad():
                 logits = self.model(x)
-        finally:
-            for h in handles:
-                h.remove()
         twice = [n for n, m in self.attention if calls.get(id(m), 0) > 1]
         missing = [n for n, m in self.attention if id(m) not in calls]
         if twice or missing:

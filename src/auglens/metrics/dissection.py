@@ -59,6 +59,7 @@ from ..data.base import CONCEPT_CATEGORIES
 from ..errors import AuglensError
 from ..explain.base import feature_grid, model_device, preserved_state
 from ..models.registry import default_target_layer, file_sha256, get_module, read_state_dict
+from ..models.tap import LayerTap, model_dtype
 from ..models.vit import token_grid
 from ..utils import atomic_path
 
@@ -191,13 +192,6 @@ def _check_union(union: str) -> UnionConvention:
     return union  # type: ignore[return-value]
 
 
-def _model_dtype(model: nn.Module) -> torch.dtype:
-    for t in model.parameters():
-        if t.is_floating_point():
-            return t.dtype
-    return torch.float32
-
-
 def tail_size(n: int, quantile: float) -> int:
     """How many largest values of n determine the linear-interpolation ``quantile`` exactly:
     ``n - floor(q (n - 1))``, with the rank computed in float64 as ``torch.quantile`` does."""
@@ -257,13 +251,11 @@ class _LayerTap:
 
     def __call__(self, x: Tensor) -> Tensor:
         self.out = None
-        handle = self.module.register_forward_hook(self._hook)
         try:
-            self.model(x)
+            with LayerTap(self.module, self._hook):
+                self.model(x)
         except _StopForward:
             pass
-        finally:
-            handle.remove()
         out = self.out
         self.out = None
         if out is None:
@@ -519,7 +511,7 @@ def dissect(
     categories = [g for g in CONCEPT_CATEGORIES if g in cats[1:]]
     categories += sorted({g for g in cats[1:] if g not in categories})
     device = model_device(model)
-    dtype = _model_dtype(model)
+    dtype = model_dtype(model)
     use_cl = device.type == "cpu" if channels_last is None else channels_last
     tap = _LayerTap(model, layer, stop_early)
     n = images.shape[0]

@@ -53,6 +53,7 @@ from torchvision.transforms.functional import gaussian_blur
 
 from ..errors import AuglensError
 from ..explain.base import model_device, preserved_state
+from ..models.tap import model_dtype
 from ..stats import bootstrap_ci
 
 __all__ = [
@@ -185,13 +186,6 @@ def _ranks(order: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------- curves
 
 
-def _model_dtype(model: nn.Module) -> torch.dtype:
-    for t in model.parameters():
-        if t.is_floating_point():
-            return t.dtype
-    return torch.float32
-
-
 def _names(values: Sequence[str], valid: tuple[str, ...], what: str) -> tuple[str, ...]:
     vals = (values,) if isinstance(values, str) else tuple(values)
     bad = [v for v in vals if v not in valid]
@@ -266,7 +260,7 @@ def deletion_insertion_curves(
     ids = _image_ids(image_ids, n)
 
     device = model_device(model)
-    dtype = _model_dtype(model)
+    dtype = model_dtype(model)
     use_cl = device.type == "cpu" if channels_last is None else channels_last
     px = h * w
     counts = pixel_counts(px, n_steps)

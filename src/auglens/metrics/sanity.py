@@ -74,6 +74,7 @@ from torch import Tensor, nn
 
 from ..errors import AuglensError
 from ..explain.base import EXPLAINERS, Explanation, explain_images, model_device, preserved_state
+from ..models.tap import LayerTap
 from ..utils import derive_seed
 from .similarity import compare_maps, resolve_metrics
 
@@ -171,20 +172,14 @@ def parameter_groups(
 def _call_order(model: nn.Module, x: Tensor) -> dict[str, int]:
     """First-call index of every module (pre-hooks, so a parent precedes its children)."""
     order: dict[str, int] = {}
-    handles = []
-    with preserved_state(model):
-        try:
-            for n, m in model.named_modules():
+    names = {id(m): n for n, m in model.named_modules()}
 
-                def pre(mod: nn.Module, args: object, n: str = n) -> None:
-                    order.setdefault(n, len(order))
+    def pre(mod: nn.Module, args: object) -> None:
+        order.setdefault(names[id(mod)], len(order))
 
-                handles.append(m.register_forward_pre_hook(pre))
-            with torch.no_grad():
-                model(x.to(model_device(model)))
-        finally:
-            for h in handles:
-                h.remove()
+    with preserved_state(model), LayerTap(list(model.modules()), pre, kind="pre"):
+        with torch.no_grad():
+            model(x.to(model_device(model)))
     return order
 
 
