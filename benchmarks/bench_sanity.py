@@ -37,14 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import random_model  # noqa: E402
 
 import auglens  # noqa: E402
-from auglens.explain import explain_images  # noqa: E402
-from auglens.metrics.sanity import (  # noqa: E402
+from auglens.analysis.sanity import (  # noqa: E402
     cascading_randomisation,
     random_logit_test,
     random_maps,
     randomisation_verdict,
     summarize_sanity,
 )
+from auglens.explain import explain_images  # noqa: E402
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:

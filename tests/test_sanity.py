@@ -14,9 +14,7 @@ import torchvision
 from helpers import random_model
 from torch import Tensor, nn
 
-from auglens.errors import AuglensError
-from auglens.explain import EXPLAINERS
-from auglens.metrics.sanity import (
+from auglens.analysis.sanity import (
     cascading_randomisation,
     derangement,
     parameter_groups,
@@ -28,6 +26,8 @@ from auglens.metrics.sanity import (
     randomise_group,
     summarize_sanity,
 )
+from auglens.errors import AuglensError
+from auglens.explain import EXPLAINERS
 from auglens.metrics.similarity import ssim_window
 from auglens.models import build_model
 from auglens.utils import derive_seed

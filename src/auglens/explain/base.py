@@ -16,8 +16,7 @@ Conventions (SPEC §2):
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar, Literal
 
@@ -26,8 +25,12 @@ from torch import Tensor, nn
 
 from ..errors import AuglensError
 from ..models.registry import default_target_layer, get_module
-from ..models.tap import model_device, model_dtype
-from ..models.vit import token_grid
+from ..models.tap import (  # noqa: F401 - feature_grid, preserved_state re-exported
+    feature_grid,
+    model_device,
+    model_dtype,
+    preserved_state,
+)
 from ..registry import Registry
 from ..utils import upsample  # noqa: F401 - re-exported: maps → input size
 
@@ -84,53 +87,6 @@ class Explanation:
             vals = [getattr(p, f.name) for p in parts]
             out[f.name] = None if vals[0] is None else torch.cat(vals)
         return Explanation(**out)
-
-
-def feature_grid(model: nn.Module, output: object, layer_name: str) -> Tensor:
-    """A target layer's output as a feature grid (B, C, h, w): a 4-D tensor as it is; a token
-    sequence (B, N, D) of a model that declares a `TokenGrid` in ``cam_reshape`` reshaped by it
-    (class token dropped, patch tokens row-major; differentiable). Anything else raises."""
-    if isinstance(output, Tensor) and output.ndim == 4:
-        return output
-    adapter = token_grid(model)
-    if adapter is not None and isinstance(output, Tensor) and output.ndim == 3:
-        return adapter.to_grid(output)
-    desc = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-    tokens = " or tokens (B, N, D) of a model with a TokenGrid in cam_reshape" if adapter else ""
-    raise AuglensError(
-        f"target layer '{layer_name}' must output a 4-D tensor (B, C, h, w){tokens}, got {desc}; "
-        "choose a convolutional layer" + (" or a token layer" if adapter else "")
-    )
-
-
-@contextmanager
-def preserved_state(model: nn.Module, freeze_params: bool = True) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode (and, if ``freeze_params``, all parameters to
-    ``requires_grad=False``) for the duration of the block; on exit, also on errors, restore every
-    module's ``training`` flag and every parameter's ``requires_grad`` and ``.grad`` object. Hooks
-    are added only through `auglens.models.tap.LayerTap`, which removes its own."""
-    modules = list(model.modules())
-    training = [m.training for m in modules]
-    params = list(model.parameters())
-    requires = [p.requires_grad for p in params]
-    grads = [p.grad for p in params]
-    try:
-        if any(training):
-            model.eval()
-        if freeze_params:
-            for p, flag in zip(params, requires, strict=True):
-                if flag:
-                    p.requires_grad_(False)
-        yield model
-    finally:
-        for m, flag in zip(modules, training, strict=True):
-            if m.training != flag:
-                m.training = flag
-        for p, flag, g in zip(params, requires, grads, strict=True):
-            if p.requires_grad != flag:
-                p.requires_grad_(flag)
-            if p.grad is not g:
-                p.grad = g
 
 
 class Explainer:

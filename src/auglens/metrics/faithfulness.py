@@ -52,8 +52,7 @@ from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
 from ..errors import AuglensError
-from ..explain.base import model_device, preserved_state
-from ..models.tap import model_dtype
+from ..models.tap import model_device, model_dtype, preserved_state
 from ..stats import bootstrap_ci
 
 __all__ = [

@@ -74,9 +74,9 @@ from torch import Tensor, nn
 
 from ..errors import AuglensError
 from ..explain.base import EXPLAINERS, Explanation, explain_images, model_device, preserved_state
+from ..metrics.similarity import compare_maps, resolve_metrics
 from ..models.tap import LayerTap
 from ..utils import derive_seed
-from .similarity import compare_maps, resolve_metrics
 
 Granularity = Literal["block", "layer"]
 MethodParams = Mapping[str, Any] | Callable[[nn.Module], Mapping[str, Any]] | None
