@@ -430,57 +430,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("explain", help="explain every trained cell of a run directory")
-    s.add_argument("run_dir", type=Path)
-    s.add_argument(
-        "--method", action="append", default=None,
-        help="explainer (repeatable; default: the experiment's explain.methods)"
-    )
+    def run_dir_command(name: str, help: str, func: Any, force: str | None,
+                        set_help: str = "override a config field") -> argparse.ArgumentParser:
+        """A subcommand on an existing run directory: RUN_DIR, --set, --wait (and --force)."""
+        c = sub.add_parser(name, help=help)
+        c.add_argument("run_dir", type=Path)
+        if force:
+            c.add_argument("--force", action="store_true", help=force)
+        c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+        c.add_argument("--wait", action="store_true",
+                       help="wait while another auglens process writes the run directory")
+        c.set_defaults(func=func)
+        return c
+
+    methods_help = "explainer (repeatable; default: the experiment's explain.methods)"
+    s = run_dir_command("explain", "explain every trained cell of a run directory", cmd_explain,
+                        "recompute cached explanations")
+    s.add_argument("--method", action="append", default=None, help=methods_help)
     s.add_argument("--n-images", type=_positive_int, default=None,
                    help="explain the first N test images (explain.n_images; per-method limits "
                         "still cap)")
-    s.add_argument("--force", action="store_true", help="recompute cached explanations")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--wait", action="store_true",
-                   help="wait while another auglens process writes the run directory")
-    s.set_defaults(func=cmd_explain)
-
-    s = sub.add_parser("compare", help="Study A: compare every augmentation with the baseline")
-    s.add_argument("run_dir", type=Path)
+    s = run_dir_command("compare", "Study A: compare every augmentation with the baseline",
+                        cmd_compare, "recompute even if cached")
     s.add_argument("--method", default=None,
                    help="explainer (default: every method of the experiment's explain.methods)")
-    s.add_argument("--force", action="store_true", help="recompute even if cached")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--wait", action="store_true",
-                   help="wait while another auglens process writes the run directory")
-    s.set_defaults(func=cmd_compare)
-
-    s = sub.add_parser("evaluate", help="Study B: alignment and faithfulness of the stored maps")
-    s.add_argument("run_dir", type=Path)
-    s.add_argument("--method", action="append", default=None,
-                   help="explainer (repeatable; default: the experiment's explain.methods)")
-    s.add_argument("--force", action="store_true", help="recompute cached per-cell results")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="e.g. evaluate.n_images=200 or evaluate.min_probability=0.6")
-    s.add_argument("--wait", action="store_true",
-                   help="wait while another auglens process writes the run directory")
-    s.set_defaults(func=cmd_evaluate)
-
-    s = sub.add_parser("dissect", help="Study B: Network Dissection of every trained cell")
-    s.add_argument("run_dir", type=Path)
-    s.add_argument("--force", action="store_true", help="recompute cached per-cell results")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="e.g. dissect.n_images=1000")
-    s.add_argument("--wait", action="store_true",
-                   help="wait while another auglens process writes the run directory")
-    s.set_defaults(func=cmd_dissect)
-
-    s = sub.add_parser("report", help="write RUN_DIR/report/index.html and summary.md")
-    s.add_argument("run_dir", type=Path)
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--wait", action="store_true",
-                   help="wait while another auglens process writes the run directory")
-    s.set_defaults(func=cmd_report)
+    s = run_dir_command("evaluate", "Study B: alignment and faithfulness of the stored maps",
+                        cmd_evaluate, "recompute cached per-cell results",
+                        "e.g. evaluate.n_images=200 or evaluate.min_probability=0.6")
+    s.add_argument("--method", action="append", default=None, help=methods_help)
+    run_dir_command("dissect", "Study B: Network Dissection of every trained cell", cmd_dissect,
+                    "recompute cached per-cell results", "e.g. dissect.n_images=1000")
+    run_dir_command("report", "write RUN_DIR/report/index.html and summary.md", cmd_report, None)
 
     s = sub.add_parser(
         "run",

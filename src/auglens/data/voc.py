@@ -14,14 +14,6 @@ from .images import (
     pixel_range,
 )
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-#: Decoded size (bytes, all splits) above which ``lazy: null`` keeps images on disk.
-LAZY_THRESHOLD = 2 << 30
-_STATS_SAMPLE = 2000
-
-
-
 
 @dataclass
 class VocAnnotation:

@@ -46,24 +46,24 @@ def _cifar_stem(model: nn.Module) -> None:
     model.maxpool = nn.Identity()
 
 
-@MODELS.register("resnet18")
-def resnet18(num_classes: int, cifar_stem: bool = False) -> nn.Module:
-    """torchvision ResNet-18, random init; ``cifar_stem`` for small inputs; target ``layer4``."""
-    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+def _resnet(factory: Any, num_classes: int, cifar_stem: bool) -> nn.Module:
+    model = factory(weights=None, num_classes=num_classes)
     if cifar_stem:
         _cifar_stem(model)
     model.default_target_layer = "layer4"
     return model
+
+
+@MODELS.register("resnet18")
+def resnet18(num_classes: int, cifar_stem: bool = False) -> nn.Module:
+    """torchvision ResNet-18, random init; ``cifar_stem`` for small inputs; target ``layer4``."""
+    return _resnet(torchvision.models.resnet18, num_classes, cifar_stem)
 
 
 @MODELS.register("resnet50")
 def resnet50(num_classes: int, cifar_stem: bool = False) -> nn.Module:
     """torchvision ResNet-50 (Study B), random init; ``cifar_stem`` for small inputs; ``layer4``."""
-    model = torchvision.models.resnet50(weights=None, num_classes=num_classes)
-    if cifar_stem:
-        _cifar_stem(model)
-    model.default_target_layer = "layer4"
-    return model
+    return _resnet(torchvision.models.resnet50, num_classes, cifar_stem)
 
 
 @MODELS.register("efficientnet_b0")

@@ -210,23 +210,10 @@ def study_b_section(run: Run) -> Section:
                             f"[{fmt(r.diff_low)}, {fmt(r.diff_high)}] ({r.verdict}; "
                             f"{METHOD_NAMES.get(r.method, r.method)}).")
         _plot(sec, run, "label_mixing", "Label-mixing pairs", None)
-    elif summary is None:
-        sec.miss(run.reason(run.t("summary_b")))
+    elif summary is not None and summary.label_mixing.notna().any():
+        sec.miss(run.reason(run.t("label_mixing")))
     else:
-        pairs = _mixing_pairs(summary)
-        if pairs is None:
-            sec.miss("summary_b.parquet has no family with both a label-mixing and a "
-                     "non-mixing variant (columns family, label_mixing)")
-        else:
-            sec.table(pairs, "Each family's variant with label mixing next to the one without "
-                      "(difference = with − without)", table_id="mixing-table")
-            r = pairs[(pairs.metric == "delta_del")].head(1)
-            if len(r):
-                r = r.iloc[0]
-                readings.append(f"Label mixing changes {r.family}'s delta_del by "
-                                f"{'+' if r.difference >= 0 else ''}{fmt(r.difference)} "
-                                f"({METHOD_NAMES.get(r.method, r.method)}).")
-            _plot(sec, run, "label_mixing", "Label-mixing pairs", None)
+        sec.miss("no mixed-sample family with both a label-mixing and a non-mixing variant")
 
     sec.sub("Network Dissection: concept detectors")
     ds = run.table(run.t("dissection_summary"))
@@ -256,25 +243,6 @@ def study_b_section(run: Run) -> Section:
                    "deleting at random, and which units detect human concepts. "
                    + " ".join(readings))
     return sec
-
-
-def _mixing_pairs(summary: pd.DataFrame) -> pd.DataFrame | None:
-    if "family" not in summary or "label_mixing" not in summary:
-        return None
-    s = summary[summary.label_mixing.notna() & summary.metric.isin(MIXING_METRICS)]
-    rows = []
-    for (family, method, metric), g in s.groupby(["family", "method", "metric"], sort=False):
-        yes = g[g.label_mixing.astype(bool)]
-        no = g[~g.label_mixing.astype(bool)]
-        for _, a in yes.iterrows():
-            for _, b in no.iterrows():
-                rows.append({"family": family, "method": method, "metric": metric,
-                             "with mixing": a.variant,
-                             "with": ci_cell(a["mean"], a.ci_low, a.ci_high),
-                             "without mixing": b.variant,
-                             "without": ci_cell(b["mean"], b.ci_low, b.ci_high),
-                             "difference": float(a["mean"] - b["mean"])})
-    return pd.DataFrame(rows) if rows else None
 
 
 def _detector_table(ds: pd.DataFrame, order: list[str]) -> pd.DataFrame:
