@@ -32,10 +32,12 @@ def small_resnet(num_classes: int, width: int = 16, blocks: int = 1) -> nn.Modul
 
 
 @MODELS.register("fast_resnet")
-def fast_resnet(num_classes: int, width: int = 16, blocks: int = 1) -> nn.Module:
-    """Small residual CNN with a 2×2/2 patchify stem, ~3× faster than small_resnet on CPU
-    (default of the built-in presets); Grad-CAM target ``layer2`` (input/4 resolution)."""
-    model = FastResNet(num_classes, width=width, blocks=blocks)
+def fast_resnet(num_classes: int, width: int = 16, blocks: int = 1, patch: int = 2) -> nn.Module:
+    """Small residual CNN with a patch×patch patchify stem (patch 2 or 4), 2–4× faster than
+    small_resnet on CPU (built-in presets); Grad-CAM target ``layer2`` (input/4 resolution)."""
+    if patch not in (2, 4):
+        raise AuglensError(f"fast_resnet: patch must be 2 or 4, got {patch}")
+    model = FastResNet(num_classes, width=width, blocks=blocks, patch=patch)
     model.default_target_layer = "layer2"
     return model
 
