@@ -4,8 +4,10 @@
     exp = EXPLAINERS.get("gradcam")(model)(x)          # Explanation: maps (B, h, w), logits, ...
     exp = explain_images(model, images_uint8, data.normalize, method="gradcam")
 
-Maps are raw at the target layer's resolution; `upsample` (bilinear, align_corners=False) only
-when a metric needs input resolution.
+Maps are raw at the target layer's resolution (input resolution for input methods: ``rise``,
+most ``captum:`` ones); `upsample` (bilinear, align_corners=False) only when a metric needs input
+resolution. ``captum:<Attribution>`` and ``pgc:<CAM>`` name any Captum / pytorch-grad-cam method
+(`adapters`).
 """
 
 from .base import (
@@ -19,11 +21,18 @@ from .base import (
     resolve_targets,
     upsample,
 )
+from .adapters import CaptumExplainer, PgcExplainer, captum_explainer, pgc_explainer
 from .cam import GradCAM, GradCAMPlusPlus, GradientCAM, LayerCAM
 from .iba import IBA, Estimator, IBAEstimator, fit_estimator
+from .rise import RISE
 
 __all__ = [
     "EXPLAINERS",
+    "CaptumExplainer",
+    "PgcExplainer",
+    "RISE",
+    "captum_explainer",
+    "pgc_explainer",
     "Estimator",
     "Explainer",
     "Explanation",
