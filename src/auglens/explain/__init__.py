@@ -10,6 +10,7 @@ resolution. ``captum:<Attribution>`` and ``pgc:<CAM>`` name any Captum / pytorch
 (`adapters`).
 """
 
+from .adapters import CaptumExplainer, PgcExplainer, captum_explainer, pgc_explainer
 from .base import (
     EXPLAINERS,
     Explainer,
@@ -21,7 +22,6 @@ from .base import (
     resolve_targets,
     upsample,
 )
-from .adapters import CaptumExplainer, PgcExplainer, captum_explainer, pgc_explainer
 from .cam import GradCAM, GradCAMPlusPlus, GradientCAM, LayerCAM
 from .iba import IBA, Estimator, IBAEstimator, fit_estimator
 from .rise import RISE

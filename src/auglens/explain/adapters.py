@@ -56,7 +56,7 @@ import importlib
 import inspect
 import types
 from collections.abc import Callable, Mapping
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, ClassVar
 
 import numpy as np
@@ -319,6 +319,7 @@ class CaptumExplainer(_AdapterBase):
         return cls(self.model, **kw)
 
     def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
+        x = x.detach().requires_grad_()  # what Captum would set itself, with a warning
         if self.inner_cls is not None:
             inner = self._build(self.inner_cls, self.inner_params)
             init_names = set(inspect.signature(self.inner_cls.__init__).parameters)
@@ -347,7 +348,7 @@ class CaptumExplainer(_AdapterBase):
         return maps, logits, targets, maps_gt
 
 
-@lru_cache(maxsize=None)
+@cache
 def captum_explainer(member: str) -> type[Explainer]:
     """The `Explainer` class of ``captum:<member>`` (cached: one class per name)."""
     attr = _import("captum.attr", "captum")
@@ -406,10 +407,11 @@ def pgc_members() -> list[str]:
     """Names of the pytorch-grad-cam ``BaseCAM`` classes the ``pgc:`` family accepts."""
     pgc = _import("pytorch_grad_cam", "grad-cam")
     base = importlib.import_module("pytorch_grad_cam.base_cam").BaseCAM
+    classes = {n: getattr(pgc, n) for n in dir(pgc)}
     return sorted(
-        n for n in dir(pgc) if inspect.isclass(getattr(pgc, n)) and issubclass(getattr(pgc, n), base)
-        and getattr(pgc, n) is not base
-    )  # fmt: skip
+        n for n, c in classes.items()
+        if inspect.isclass(c) and issubclass(c, base) and c is not base
+    )
 
 
 def _pgc_raw_capable(cls: type) -> bool:
@@ -497,7 +499,7 @@ class PgcExplainer(_AdapterBase):
         return maps, logits, targets, maps_gt
 
 
-@lru_cache(maxsize=None)
+@cache
 def pgc_explainer(member: str) -> type[Explainer]:
     """The `Explainer` class of ``pgc:<member>`` (cached: one class per name)."""
     pgc = _import("pytorch_grad_cam", "grad-cam")

@@ -5,9 +5,12 @@ Follows ``eclique/RISE`` (``explanations.py``, class ``RISE``):
 - **Masks.** N binary grids (s × s), each cell 1 with probability p; cell size
   c = ⌈H/s⌉ × ⌈W/s⌉; each grid is upsampled bilinearly to (s + 1)·c and cropped to H × W at a
   random shift (δy, δx) ∈ [0, c_h) × [0, c_w). The reference upsamples with
-  ``skimage.transform.resize(order=1, mode='reflect', anti_aliasing=False)``; that is bilinear
-  interpolation with half-pixel centres and edge values beyond the border, i.e. exactly
-  ``F.interpolate(mode='bilinear', align_corners=False)`` (checked against skimage in the tests).
+  ``skimage.transform.resize(order=1, mode='reflect', anti_aliasing=False)``: bilinear
+  interpolation with half-pixel centres (source coordinate (i + ½)·s/size − ½) and, within half a
+  source pixel of the border, the grid mirrored *without* repeating its edge cell (skimage's
+  'reflect' = scipy.ndimage's 'mirror'; ``F.interpolate(align_corners=False)`` would repeat the
+  edge instead). Computed here the same way, separably, in float64 (checked against skimage in
+  the tests, ≤ 1e-6).
 - **Score** = softmax probability of the explained class (the reference wraps the model in
   ``nn.Softmax``) for the masked input ``mask · x`` in the model's (normalised) input space, so
   masked pixels become 0 = the dataset mean.
@@ -37,6 +40,15 @@ from torch import Tensor, nn
 
 from ..errors import AuglensError
 from .base import Explainer, register_explainer, resolve_targets
+
+
+def _taps(n_in: int, n_out: int, dst: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Bilinear taps for output positions ``dst`` of an ``n_in`` → ``n_out`` upsampling with
+    half-pixel centres: indices into the input padded by one mirrored cell on each side, and the
+    weight of the second tap."""
+    src = (dst.double() + 0.5) * (n_in / n_out) - 0.5
+    lo = src.floor()
+    return lo.long() + 1, lo.long() + 2, src - lo
 
 
 @register_explainer("rise")
@@ -99,16 +111,20 @@ class RISE(Explainer):
         full = self._cache.get((height, width))
         if full is not None:
             return full[start:stop]
-        s = self.grid_size
+        s, m = self.grid_size, stop - start
         ch, cw = math.ceil(height / s), math.ceil(width / s)
-        grids = self.grids[start:stop, None].float()
-        up = F.interpolate(grids, size=((s + 1) * ch, (s + 1) * cw), mode="bilinear",
-                           align_corners=False)[:, 0]  # fmt: skip
+        grids = self.grids[start:stop, None].double()
+        g = F.pad(grids, (1, 1, 1, 1), mode="reflect" if s > 1 else "replicate")[:, 0]
         off = self.shifts(height, width)[start:stop]
-        rows = off[:, 0, None] + torch.arange(height)
-        cols = off[:, 1, None] + torch.arange(width)
-        idx = torch.arange(stop - start)[:, None, None]
-        out = up[idx, rows[:, :, None], cols[:, None, :]]
+        y0, y1, fy = _taps(s, (s + 1) * ch, off[:, 0, None] + torch.arange(height))  # (m, H)
+        x0, x1, fx = _taps(s, (s + 1) * cw, off[:, 1, None] + torch.arange(width))  # (m, W)
+        n = torch.arange(m)[:, None]
+        rows = g[n, y0] * (1 - fy)[..., None] + g[n, y1] * fy[..., None]  # (m, H, s + 2)
+        shape = (m, height, width)
+        out = rows.gather(2, x0[:, None].expand(shape)) * (1 - fx)[:, None] + rows.gather(
+            2, x1[:, None].expand(shape)
+        ) * fx[:, None]
+        out = out.float()
         if start == 0 and stop == self.n_masks and out.numel() * 4 <= self.cache_mb * 2**20:
             self._cache[(height, width)] = out
         return out
