@@ -22,6 +22,7 @@ RISE (n_masks M, s = 8, p = 0.1, the same masks):
                 forwards of 250 masks, p^T·masks / (N·p1)), one image at a time
 
     .venv/bin/python benchmarks/bench_attrib.py [--reps 3] [--n-road 16] [--batch 64] [--masks 2000]
+        [--threads 1]
 """
 
 from __future__ import annotations
@@ -251,9 +252,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--n-rise", type=int, default=8)
     ap.add_argument("--masks", type=int, default=2000)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/attrib.md"))
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     load0 = os.getloadavg()
     print("ROAD 32×32", flush=True)
@@ -308,7 +310,9 @@ def main() -> None:
     text = "\n".join([
         "# ROAD, adapters, RISE: cost vs floors and reference code",
         "",
-        "small_resnet (width 16, 10 classes, random init, eval), CPU, `torch.set_num_threads(2)`; "
+        "small_resnet (width 16, 10 classes, random init, eval), CPU, "
+        f"`torch.set_num_threads({args.threads})` (one thread: with two, small forwards stall on "
+        "OpenMP barriers when the shared cores are busy); "
         f"{args.reps} repetitions after a warm-up round, the ways interleaved (order reversed "
         "every other round); medians; ratios are medians of per-repetition ratios (paired).",
         "",
@@ -366,7 +370,8 @@ def main() -> None:
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         "Command: `.venv/bin/python benchmarks/bench_attrib.py "
         f"--reps {args.reps} --n-road {args.n_road} --n-road-64 {args.n_road_64} "
-        f"--batch {args.batch} --n-rise {args.n_rise} --masks {args.masks}`",
+        f"--batch {args.batch} --n-rise {args.n_rise} --masks {args.masks} "
+        f"--threads {args.threads}`",
         "",
     ])  # fmt: skip
     write_result(text, args.out)

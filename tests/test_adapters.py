@@ -302,3 +302,14 @@ def test_explain_images_runs_an_adapter_with_params(model) -> None:
     )
     _close(exp.maps, direct.maps, rel=1e-4)
     _close(exp.maps_gt, direct.maps_gt, rel=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_equals_cpu(x) -> None:
+    m = random_model("small_resnet", 10, seed=0, width=8)
+    for name, params in (("captum:IntegratedGradients", {"n_steps": 4}), ("pgc:GradCAM", {})):
+        cpu = EXPLAINERS.get(name)(m, **params)(x)
+        gpu = EXPLAINERS.get(name)(m.cuda(), **params)(x.cuda())
+        m.cpu()
+        assert gpu.maps.device.type == "cuda"
+        _close(gpu.maps.cpu(), cpu.maps, rel=1e-3)

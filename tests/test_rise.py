@@ -106,3 +106,15 @@ def test_state_and_parameters() -> None:
             RISE(model, **bad)
     assert EXPLAINERS.describe("rise")["params"]["n_masks"] == 6000
     assert math.isclose(RISE(model).p, 0.1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_equals_cpu() -> None:
+    model = _model()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    kw = dict(n_masks=50, grid_size=4, p=0.5, seed=2)
+    cpu = RISE(model, **kw)(x, also_ground_truth=torch.tensor([0, 1]))
+    gpu = RISE(model.cuda(), **kw)(x.cuda(), also_ground_truth=torch.tensor([0, 1]))
+    assert gpu.maps.device.type == "cuda"
+    torch.testing.assert_close(gpu.maps.cpu(), cpu.maps, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(gpu.maps_gt.cpu(), cpu.maps_gt, rtol=1e-3, atol=1e-5)

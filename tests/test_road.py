@@ -312,3 +312,14 @@ def test_state_restored_and_inputs_checked() -> None:
         road_curves(model, images, maps, [0, 10], percentages=[50])
     with pytest.raises(AuglensError, match="every pixel"):
         linear_imputation(images[0], np.ones((10, 10), bool))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_equals_cpu() -> None:
+    model = make_model(0)
+    images, maps = make_batch(2, 12, seed=6)
+    kw = dict(percentages=[30, 70], seed=1)
+    cpu = road_curves(model, images, maps, [0, 1], **kw)
+    gpu = road_curves(model.cuda(), images.cuda(), maps.cuda(), torch.tensor([0, 1]).cuda(), **kw)
+    for order in ("morf", "lerf"):
+        torch.testing.assert_close(gpu[order], cpu[order], rtol=0, atol=1e-4)

@@ -133,8 +133,9 @@ class RISE(Explainer):
         self, x: Tensor, target: Tensor | None, target_gt: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         b, c, h, w = x.shape
-        if h * w * self.n_masks * 4 <= self.cache_mb * 2**20:
-            self.masks(h, w)  # build the cache once
+        on_device = None
+        if h * w * self.n_masks * 4 <= self.cache_mb * 2**20:  # cached: one transfer per call
+            on_device = self.masks(h, w).to(device=x.device, dtype=x.dtype)
         nhwc = c > 1 and x.is_contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             logits = self.model(x)
@@ -150,7 +151,11 @@ class RISE(Explainer):
                 nb = xi.shape[0]
                 for m0 in range(0, self.n_masks, per):
                     m1 = min(m0 + per, self.n_masks)
-                    mk = self.masks(h, w, m0, m1).to(device=x.device, dtype=x.dtype)
+                    mk = (
+                        on_device[m0:m1]
+                        if on_device is not None
+                        else self.masks(h, w, m0, m1).to(device=x.device, dtype=x.dtype)
+                    )
                     if nhwc:
                         stack = (xi[:, None] * mk[None, :, :, :, None]).reshape(-1, h, w, c)
                         stack = stack.permute(0, 3, 1, 2)

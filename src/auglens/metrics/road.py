@@ -262,7 +262,7 @@ def road_curves(
         raise AuglensError(f"empty batch or image: images {tuple(images.shape)}")
     if not bool(torch.isfinite(images).all()):
         raise AuglensError("images contain NaN or inf")
-    m = _check_maps(maps)
+    m = _check_maps(maps).cpu()
     if m.shape != (n, h, w):
         raise AuglensError(
             f"maps {tuple(m.shape)} must be (N, H, W) = {(n, h, w)} at input resolution; bring "
