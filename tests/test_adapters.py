@@ -144,7 +144,7 @@ def test_noise_tunnel_equals_direct_smoothgrad(model, x) -> None:
 # ------------------------------------------------------------------------- pytorch-grad-cam
 
 PGC_CASES = ["GradCAM", "HiResCAM", "XGradCAM", "GradCAMPlusPlus", "LayerCAM", "EigenCAM",
-             "ScoreCAM", "AblationCAM"]  # fmt: skip
+             "ScoreCAM", "AblationCAM", "ShapleyCAM"]  # fmt: skip
 
 
 def _direct_pgc(model, x, name, targets):

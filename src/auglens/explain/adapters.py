@@ -47,7 +47,9 @@ keeps ``BaseCAM``'s ``forward`` / ``compute_cam_per_layer`` / ``aggregate_multi_
 ``"library"`` (``FullGrad``). Logits come from the CAM's own forward (``cam.outputs``, no extra
 pass), except with ``aug_smooth`` (one plain forward). Gradients flow to a copy of the input
 instead of to the parameters (the parameters stay frozen, as in every auglens explainer): the
-gradients w.r.t. the layer are the same, no parameter ``.grad`` is built.
+gradients w.r.t. the layer are the same, no parameter ``.grad`` is built — except for CAMs that
+keep the graph (``detach=False``: ShapleyCAM's Hessian-vector product), which run with every
+parameter requiring grad, as a direct call on a trainable model does.
 """
 
 from __future__ import annotations
@@ -477,6 +479,9 @@ class PgcExplainer(_AdapterBase):
             if self.output == "raw":
                 cam.compute_cam_per_layer = types.MethodType(_raw_cams, cam)
                 cam.aggregate_multi_layers = types.MethodType(_raw_aggregate, cam)
+            if not cam.detach:  # second-order methods (ShapleyCAM) need the parameters' graph
+                for p in self.model.parameters():
+                    p.requires_grad_(True)  # restored by the state guard
             if cam.uses_gradients or cam.compute_input_gradient:
                 x = x.detach().requires_grad_()  # graph without parameter gradients
             maps = self._cam(cam, x, target)
