@@ -160,9 +160,11 @@ class _AdapterBase(Explainer):
             self.layer_name, self.layer = "input", None  # type: ignore[assignment]
         bad = [k for k in params if k not in self.library_params]
         if bad:
+            valid = [p for p in inspect.signature(type(self).__init__).parameters
+                     if p not in ("self", "model")]  # fmt: skip
             raise AuglensError(
                 f"unknown parameter '{bad[0]}' for explainer '{self.name}'; valid: "
-                + ", ".join(sorted(self.library_params))
+                + ", ".join(sorted(valid))
             )
         missing = [
             k
