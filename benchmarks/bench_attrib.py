@@ -379,9 +379,9 @@ def main() -> None:
         "symmetric mode (MMD on AᵀA + A, no pivoting — valid because −A is a diagonally dominant "
         "M-matrix): about 2–2.5× less CPU per imputation for the contiguous removal regions of "
         "CAM-like maps below (≈ 1.5× for scattered removal sets: 90 % random pixels of a 160² "
-        "image, 0.15 s vs 0.23 s CPU in a development run; both agree to ~1e-15). At 224² one imputation costs ≈ 0.3 s of "
-        "CPU: ≈ 6 s per image for the 18 curve points on one core, far more than the forwards — "
-        "ROAD needs its own image cap in a run.",
+        "image, 0.15 s vs 0.23 s CPU in a development run; both agree to ~1e-15). At 224² one "
+        "imputation costs ≈ 0.3 s of CPU: ≈ 6 s per image for the 18 curve points on one core, "
+        "far more than the forwards — ROAD needs its own image cap in a run.",
         "",
         "One imputation (a single system, 3 channels, 90 % of the pixels removed along a "
         "smooth map, one run each, CPU time): the factorisation is what grows with the image.",
