@@ -35,10 +35,13 @@ c_k = ⌊k·P/100⌋ pixels (exact rational arithmetic, P = H·W): MoRF the c_k 
 c_k least relevant, with :func:`~auglens.metrics.faithfulness.pixel_order` (stable: ties by
 ascending pixel index). k is always the share **removed**. The references differ here:
 road_evaluation removes ``int(P·th_p)`` MoRF pixels, but for LeRF keeps the ``int(P·th_p)`` most
-relevant (so its LeRF ``th_p`` = our 1 − k/100), ordering by the min-max-scaled map plus
-1e-4·N(0, 1) tie-breaking noise; pytorch-grad-cam thresholds at ``np.percentile(map, p)`` (its
-``percentile`` p = our 100 − k for both orders) and removes every pixel ≥ the threshold, so ties
-can remove more. With distinct map values and P·k/100 integral, all three remove the same pixels.
+relevant (so its LeRF ``th_p`` = our 1 − k/100 and it removes ⌈k·P/100⌉), ordering by the
+min-max-scaled map plus 1e-4·N(0, 1) tie-breaking noise; pytorch-grad-cam thresholds at
+``np.percentile(map, p)`` (its ``percentile`` p = our 100 − k for both orders) and removes every
+pixel on the removed side of the threshold — with distinct values ⌈k·(P − 1)/100⌉ pixels (103
+instead of our 102 of 1024 at k = 10), with ties possibly more. With distinct map values the
+removed sets of all three are nested in one another and differ by at most one pixel; they are
+equal when k·P/100 is an integer (road_evaluation) or when P = 100 (pytorch-grad-cam).
 
 **Score** = softmax probability (float64 from the logits) of the target class of the imputed
 image; ``curves[order]`` (N, K) over k; ``original`` (N,) the unperturbed image's probability.
