@@ -1,5 +1,6 @@
 """Metrics comparing attribution maps of two models, image by image (SPEC §3); human alignment
-(SPEC §4, :mod:`.alignment`) and faithfulness (SPEC §5, :mod:`.faithfulness`) of a model's maps."""
+(SPEC §4, :mod:`.alignment`), faithfulness (SPEC §5, :mod:`.faithfulness`) and ROAD (SPEC §11,
+:mod:`.road`) of a model's maps."""
 
 from .alignment import (
     alignment_scores,
@@ -26,6 +27,7 @@ from .faithfulness import (
     random_orders,
     summarize_scores,
 )
+from .road import RoadCurves, road_curves, road_scores
 from .similarity import (
     CLASS_KLD_DIRECTION,
     DEFAULT_METRICS,
@@ -76,6 +78,9 @@ __all__ = [
     "faithfulness_scores",
     "filter_images",
     "random_orders",
+    "RoadCurves",
+    "road_curves",
+    "road_scores",
     "summarize_scores",
     "center_of_mass_shift",
     "class_kld",
