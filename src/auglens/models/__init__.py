@@ -1,5 +1,7 @@
-"""Model registry: a small CIFAR-style ResNet (CPU default) and torchvision backbones."""
+"""Model registry: a small CIFAR-style ResNet (CPU default), an airbench-style fast net for small
+images, and torchvision backbones."""
 
+from .airbench import init_from_data, init_whitening
 from .registry import (
     MODELS,
     build_model,
@@ -14,6 +16,8 @@ __all__ = [
     "build_model",
     "default_target_layer",
     "get_module",
+    "init_from_data",
+    "init_whitening",
     "load_weights",
     "save_weights",
 ]
