@@ -55,7 +55,9 @@ def test_in_memory_tensor_same_order_and_bytes(workers: int) -> None:
     images = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(1))
     batches = batch_order(50, 8, seed=3, epoch=0)
-    got = list(feed_batches(images, batches, CPU, num_workers=workers))
+    feeder = BatchFeeder(images, CPU, num_workers=workers, persistent_workers=False)
+    assert feeder.mode == ("workers" if workers else "in-process")
+    got = list(feeder.epoch(batches))
     assert_same(got, reference(images, batches))
     # the indices really are the trainer's: batch k is images[batches[k]]
     assert torch.equal(got[2], images[batches[2]])

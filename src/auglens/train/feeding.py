@@ -8,10 +8,12 @@ happens here, so the number of worker processes never changes what a model sees.
 
 How a batch travels, by source:
 
-* a tensor already on the training device (in-memory data moved there once): indexed on the
-  device, in this process (no workers; the fastest path for CIFAR-sized data);
-* ``num_workers=0``: in this process — a CPU tensor is indexed and copied; `LazyImages` go
-  through ``iter_batches`` itself (its background thread decodes up to 2 batches ahead);
+* a tensor already on the (CUDA) training device (in-memory data moved there once): indexed on
+  the device, in this process, whatever ``num_workers`` says (the fastest path for CIFAR-sized
+  data);
+* ``num_workers=0``: in this process — a CPU tensor is indexed (and copied to the device);
+  `LazyImages` go through ``iter_batches`` itself (its background thread decodes up to 2
+  batches ahead). In-memory CPU data gains nothing from workers: use 0 for it;
 * ``num_workers > 0`` (CPU tensors, `LazyImages`, `LazyImages` with the memory-mapped disk
   cache): a ``torch.utils.data.DataLoader`` with ``batch_size=None`` whose sampler yields the
   epoch's index batches and whose dataset (`IndexBatches`) maps one index batch to
@@ -198,7 +200,12 @@ class BatchFeeder:
         want_pin = cuda if pin_memory is None else bool(pin_memory)
         #: whether batches really come pinned (pinning needs CUDA)
         self.pinned = want_pin and torch.cuda.is_available()
-        on_device = isinstance(images, Tensor) and images.device == self.device
+        on_device = isinstance(images, Tensor) and images.device.type != "cpu"
+        if on_device and images.device != self.device:
+            raise AuglensError(
+                f"feeder: images are on {images.device} but the target is {self.device}; keep "
+                "them on the CPU or move them to the training device"
+            )
         #: "device" (indexed on the device), "in-process" or "workers"
         self.mode = (
             "device" if on_device else "workers" if self.num_workers > 0 else "in-process"
