@@ -151,18 +151,21 @@ def _whitening_layers(model: nn.Module) -> list[Whitening]:
 def patch_moments(
     images: Any,
     normalize: Callable[[Tensor], Tensor] | None = None,
-    batch_size: int = 500,
+    batch_size: int | None = None,
 ) -> tuple[Tensor, Tensor, int]:
     """(mean (12,), centred covariance (12, 12), count) of every valid 2×2 patch of the images,
     float64 on the CPU. Patch vector order = (channel, row, column), as a conv weight flattens.
 
     ``images``: uint8 (N, 3, H, W) (scaled by 1/255) or float in [0, 1], a tensor or anything
-    sliceable like one (`LazyImages`); ``normalize`` then maps them to model input."""
+    sliceable like one (`LazyImages`); ``normalize`` then maps them to model input.
+    ``batch_size`` None: about 2M pixels per batch (≤ 200 MB of float64 patches)."""
     n = images.shape[0]
     if n == 0 or getattr(images, "ndim", 0) != 4 or images.shape[1] != 3:
         raise AuglensError(
             f"init_whitening needs images (N, 3, H, W) with N >= 1, got {tuple(images.shape)}"
         )
+    if batch_size is None:
+        batch_size = max(1, min(500, (1 << 21) // (images.shape[2] * images.shape[3])))
     s1 = torch.zeros(12, dtype=torch.float64)
     s2 = torch.zeros(12, 12, dtype=torch.float64)
     count = 0
@@ -188,7 +191,7 @@ def init_whitening(
     images: Any,
     normalize: Callable[[Tensor], Tensor] | None = None,
     max_images: int | None = WHITEN_IMAGES,
-    batch_size: int = 500,
+    batch_size: int | None = None,
 ) -> Tensor:
     """Fit every `Whitening` layer of ``model`` on the first ``max_images`` images; returns the
     eigenvalues (12,) of the patch covariance, largest first.
