@@ -127,3 +127,45 @@ def test_spawned_workers_are_pinned() -> None:
         ex.close()
     assert got <= {"7", "8"} and got
     assert executors._threads_for(2) >= 1
+
+
+class FakeRay:
+    """Just enough of Ray's API for RayExecutor's resource choices."""
+
+    def __init__(self, gpus: int) -> None:
+        self.gpus, self.declared = gpus, []
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def cluster_resources(self) -> dict:
+        return {"CPU": 8.0, "GPU": float(self.gpus)} if self.gpus else {"CPU": 8.0}
+
+    def remote(self, **resources):
+        self.declared.append(resources)
+
+        class Task:
+            def __init__(self, fn):
+                self.remote = lambda *args: ("ref", args)
+
+        return Task
+
+    def wait(self, pending, num_returns=1):
+        return pending[:num_returns], pending[num_returns:]
+
+    def get(self, ref):
+        return ref
+
+
+@pytest.mark.parametrize("gpus", [0, 2])
+def test_ray_tasks_declare_gpus(monkeypatch: pytest.MonkeyPatch, gpus: int) -> None:
+    import sys
+
+    fake = FakeRay(gpus)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    assert make_executor("ray").num_gpus == (1 if gpus else 0)  # "auto": from the cluster
+    assert make_executor("ray", device="cuda").num_gpus == 1
+    assert make_executor("ray", device="cpu").num_gpus == 0
+    ex = make_executor("ray", threads=3)
+    assert len(list(ex.map(_visible, [(), ()]))) == 2  # declares the tasks' resources
+    assert fake.declared[-1] == {"num_cpus": 3, "num_gpus": 1 if gpus else 0}

@@ -137,7 +137,8 @@ class LocalExecutor(Executor):
 
 
 class RayExecutor(Executor):
-    """Each task is a Ray task declaring ``num_cpus`` (and ``num_gpus`` when CUDA is wanted).
+    """Each task is a Ray task declaring ``num_cpus`` (and ``num_gpus`` when CUDA is wanted;
+    None: 1 when the cluster has GPUs, else 0; Ray then sets each task's CUDA_VISIBLE_DEVICES).
     ``address`` None starts a local Ray instance; otherwise connects to an existing cluster."""
 
     def __init__(self, address: str | None = None, num_cpus: int = 1,
