@@ -147,8 +147,9 @@ def _check_int(name: str, value: object, lo: int) -> int:
 class BatchFeeder:
     """Image batches for precomputed index batches, on ``device`` (conventions: module doc).
 
-    ``images``: uint8 (N, 3, H, W) tensor (any device) or `LazyImages`. ``num_workers``: worker
-    processes (0 = in this process). ``prefetch_factor``: batches each worker keeps ready.
+    ``images``: uint8 (N, 3, H, W) tensor (on the CPU or the target device) or `LazyImages`.
+    ``num_workers``: worker processes (0 = in this process). ``prefetch_factor``: batches each
+    worker keeps ready.
     ``pin_memory`` None: when the target is CUDA (a no-op without CUDA). ``persistent_workers``:
     keep workers between epochs (until `close`). ``gpu_decode``: nvJPEG decoding of folder data
     (CUDA target only). ``multiprocessing_context``: e.g. "spawn" (None: the platform default,
