@@ -5,7 +5,8 @@ by side in one run (CPU).
    width 8, batch 32) and the current one (fast_resnet width 16, 4×4 patchify stem, batch 64,
    the precision path chosen for this machine), each trained by ``train_cell`` for the same
    number of epochs on the same 4 000 shapes images (augmentation, loss, optimiser and
-   validation included), repetitions interleaved. Reports training images per second (epochs × images / wall time).
+   validation included), repetitions interleaved. Reports training images per second (epochs ×
+   images / wall time).
 2. One training step per augmentation on the new default model: float32 NCHW, float32
    channels-last (the trainer's path) and bfloat16 autocast + channels-last (used automatically
    where the CPU has native bfloat16; measured here anyway to show why it is not used without).

@@ -1,5 +1,7 @@
-"""Model registry: a small CIFAR-style ResNet (CPU default), a small ViT, torchvision backbones."""
+"""Model registry: a fast small-image ResNet (CPU default), an airbench-style net, a small ViT,
+torchvision backbones; checkpoints, the weights identity, layer taps, precision."""
 
+from .airbench import init_from_data, init_whitening
 from .registry import (
     MODELS,
     build_model,
@@ -19,6 +21,8 @@ __all__ = [
     "default_target_layer",
     "get_module",
     "load_model",
+    "init_from_data",
+    "init_whitening",
     "load_weights",
     "save_weights",
     "weights_fingerprint",

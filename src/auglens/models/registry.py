@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ..errors import AuglensError
 from ..registry import Registry
 from ..utils import atomic_path
+from .airbench import AirbenchNet
 from .small import FastResNet, SmallResNet
 from .vit import SmallViT, TokenGrid
 
@@ -40,6 +41,21 @@ def fast_resnet(num_classes: int, width: int = 16, blocks: int = 1, patch: int =
     model = FastResNet(num_classes, width=width, blocks=blocks, patch=patch)
     model.default_target_layer = "layer2"
     return model
+
+
+@MODELS.register("airbench")
+def airbench(
+    num_classes: int,
+    width: float = 1.0,
+    bn_momentum: float = 0.4,
+    bias_scale: float = 8.0,
+    logit_scale: float = 1 / 9,
+) -> nn.Module:
+    """Fast small-image net after KellerJordan/cifar10-airbench (no flips, translations, label
+    smoothing or TTA); call `auglens.models.init_from_data` on the un-augmented training images
+    before training (fits its frozen patch-whitening conv); Grad-CAM target ``block2`` (input/4).
+    """
+    return AirbenchNet(num_classes, width, bn_momentum, bias_scale, logit_scale)
 
 
 def _cifar_stem(model: nn.Module) -> None:
