@@ -99,10 +99,10 @@ def test_stop_converged_keeps_the_best_epoch_and_checkpoints(tmp_path):
     assert r["best_val_accuracy"] == r["history"][r["best_epoch"] - 1]["val_accuracy"]
     assert sorted(r["checkpoint_sha256"]) == ["1", "2"]
     from auglens.models.registry import file_sha256
-    from auglens.train.trainer import checkpoint_path
+    from auglens.rundir import CellFiles
 
     for e, sha in r["checkpoint_sha256"].items():
-        assert file_sha256(checkpoint_path(tmp_path, int(e))) == sha
+        assert file_sha256(CellFiles(tmp_path).checkpoint(int(e))) == sha
     assert r["weights_sha256"] == r["checkpoint_sha256"][str(r["best_epoch"])]
 
 
@@ -165,3 +165,31 @@ def test_augmix_jsd_trains_on_three_views_with_the_consistency_loss(tmp_path):
     log = pd.read_parquet(tmp_path / "augment_log.parquet")
     assert any(c.startswith("view1.") for c in log.columns)
     assert any(c.startswith("view2.") for c in log.columns)
+
+
+def test_feeding_workers_change_neither_weights_nor_key(tmp_path):
+    """The DataLoader feeder (worker processes) gives the trainer the same batches: identical
+    weights, and the scheduling-only setting is not part of the cell's key."""
+    a = train_cell(tiny(extra=["train.epochs=1"]), tmp_path / "a").record
+    b = train_cell(tiny(extra=["train.epochs=1", "train.loader_workers=2"]), tmp_path / "b").record
+    assert a["weights_sha256"] == b["weights_sha256"] and a["key"] == b["key"]
+    assert "workers" in b["feeding"] and a["batch_order_sha256"] == b["batch_order_sha256"]
+
+
+def test_airbench_cell_fits_its_whitening_from_the_training_images(tmp_path):
+    from auglens.data import load_dataset
+    from auglens.models import build_model, init_from_data
+
+    cfg = load_config(CellConfig, {"model": {"name": "airbench", "width": 0.125}},
+                      [t for t in TINY if not t.startswith("model.")] + ["train.epochs=1"])
+    rec = train_cell(cfg, tmp_path).record
+    torch.manual_seed(0)
+    m = build_model("airbench", 10, width=0.125)
+    data = load_dataset(cfg)
+    assert init_from_data(m, data.train.images, data.normalize)
+    from safetensors.torch import load_file
+
+    trained = load_file(str(tmp_path / "weights.safetensors"))
+    whiten = [k for k in trained if "whiten" in k and k.endswith("weight")]
+    assert whiten and torch.equal(trained[whiten[0]], m.state_dict()[whiten[0]])  # frozen, fitted
+    assert rec["epochs_trained"] == 1

@@ -263,10 +263,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                              if len(a) > 1 else "") for a in spec) or "(no augmentation)"
             print(f"  {variant:<{width}} {desc}")
         print("\n".join(make_plan(exp, out, methods, args.n_images, force).lines()))
+        from .executors import executor_plan
+
+        print("\n".join(executor_plan(args.executor, args.workers, exp.train.device).lines()))
         return 0
     check_writable_dir(out)
     run = RunDir(out)
-    executor = make_executor(args.executor, args.workers, args.address, exp.train.threads)
+    executor = make_executor(args.executor, args.workers, args.address, exp.train.threads,
+                             device=exp.train.device)
     log = LogFile(run.log)
     t0 = time.perf_counter()
     with run.lock(wait=args.wait):

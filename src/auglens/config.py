@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -90,7 +90,14 @@ class TrainConfig(_Strict):
     (AVX-512-BF16 / AMX), float32 elsewhere; the model always runs channels-last.
     ``threads``: torch threads of every CPU task of the cell (default 1), pinned whatever the
     executor or worker count, so that results never depend on how a run was scheduled.
+    ``loader_workers`` / ``prefetch_factor``: DataLoader worker processes feeding the
+    precomputed batches (`auglens.train.feeding`; same batches, so not part of the key);
+    ``gpu_decode``: decode JPEG folders on the GPU (nvJPEG; pixels differ slightly from Pillow);
+    ``compile``: ``torch.compile`` the training forward (off by default).
     """
+
+    #: fields that change how fast a cell trains, never what it computes (left out of its key)
+    SCHEDULING: ClassVar[tuple[str, ...]] = ("loader_workers", "prefetch_factor")
 
     epochs: int = Field(default=6, ge=1)
     stop: Literal["fixed", "converged"] = "fixed"
@@ -116,6 +123,10 @@ class TrainConfig(_Strict):
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     threads: int | None = Field(default=None, ge=1)
+    loader_workers: int = Field(default=0, ge=0)
+    prefetch_factor: int = Field(default=2, ge=1)
+    gpu_decode: bool = False
+    compile: bool = False
 
     @field_validator("device")
     @classmethod
@@ -289,7 +300,9 @@ class CellConfig(_Strict):
         return self
 
     def content_hash(self) -> str:
-        return config_hash(self.model_dump(mode="json"))
+        """Hash of everything that determines the trained model (scheduling-only fields out)."""
+        return config_hash(self.model_dump(mode="json",
+                                           exclude={"train": set(TrainConfig.SCHEDULING)}))
 
 
 class ExperimentConfig(_Strict):

@@ -53,6 +53,14 @@ def environment(cfg: CellConfig, precision: str | None = None) -> dict[str, str]
     return numeric_environment(device, prec, task_threads(cfg))
 
 
+def compute_precision(cfg: CellConfig, method: str | None = None) -> str:
+    """Precision path of explaining and scoring a cell: bfloat16 autocast where training uses it
+    (CUDA, CPUs with native bf16), float32 for IBA (its optimisation stays in float32)."""
+    if method == "iba":
+        return "fp32"
+    return resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))
+
+
 def data_files(cfg: CellConfig, split: str) -> str:
     """Fingerprint of the files the ``train`` or ``test`` split of the cell's data reads."""
     from .data.fingerprint import data_fingerprint

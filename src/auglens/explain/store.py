@@ -20,8 +20,16 @@ from ..config import CellConfig
 from ..data import load_dataset
 from ..data.images import take_images
 from ..errors import AuglensError
-from ..keys import cell_key, data_files, environment, pinned_threads, task_threads
+from ..keys import (
+    cell_key,
+    compute_precision,
+    data_files,
+    environment,
+    pinned_threads,
+    task_threads,
+)
 from ..models import default_target_layer, load_model
+from ..models.precision import autocast
 from ..rundir import KEY, RunDir, content_key, read_key, read_tensors, write_tensors
 from ..utils import resolve_device
 from .base import explain_images
@@ -39,7 +47,8 @@ def explanation_key(cfg: CellConfig, weights_sha: str, method: str, n: int,
     size), the numeric environment."""
     obj = {"data": cfg.data.model_dump(mode="json"), "test_files": data_files(cfg, "test"),
            "weights": weights_sha, "method": method, "layer": cfg.model.target_layer,
-           "n_images": n, "params": dict(params or {}), "numeric": environment(cfg, "fp32"),
+           "n_images": n, "params": dict(params or {}),
+           "numeric": environment(cfg, compute_precision(cfg, method)),
            "version": VERSION}
     if method == "iba":
         obj["estimator_images"] = estimator_images
@@ -131,9 +140,12 @@ def _explain(cfg: CellConfig, run: RunDir, variant: str, seed: int, method: str,
         kwargs["estimator"] = cell_estimator(model, run, variant, seed, data, layer, weights_sha,
                                              estimator_images, batch_size, epoch)
     images = test.images if n == len(test) else take_images(test.images, torch.arange(n))
-    ex = explain_images(model, images, data.normalize, method=method,
-                        target_layer=layer, batch_size=batch_size, device=dev,
-                        ground_truth=test.labels[:n], method_params=kwargs, on_batch=on_batch)
+    precision = compute_precision(cfg, method)
+    with autocast(dev, precision):
+        ex = explain_images(model, images, data.normalize, method=method,
+                            target_layer=layer, batch_size=batch_size, device=dev,
+                            ground_truth=test.labels[:n], method_params=kwargs,
+                            on_batch=on_batch)
     tensors = {
         "maps": ex.maps.to(torch.float16).contiguous(),
         "maps_gt": ex.maps_gt.to(torch.float16).contiguous(),
@@ -144,7 +156,7 @@ def _explain(cfg: CellConfig, run: RunDir, variant: str, seed: int, method: str,
     }
     meta = {KEY: key, "method": method, "layer": ex.layer, "variant": variant,
             "seed": str(seed), "epoch": "final" if epoch is None else str(epoch),
-            "weights_sha256": weights_sha, "split": "test",
+            "weights_sha256": weights_sha, "split": "test", "precision": precision,
             "storage": "float16 raw maps at feature resolution"}
     write_tensors(path, tensors, meta)
     return path

@@ -31,8 +31,9 @@ import torch
 from ..config import CellConfig, DissectConfig, EvaluateConfig
 from ..data import load_dataset
 from ..errors import AuglensError
-from ..keys import data_files, environment, pinned_threads, task_threads
+from ..keys import compute_precision, data_files, environment, pinned_threads, task_threads
 from ..models import load_model
+from ..models.precision import autocast
 from ..rundir import RunDir, content_key, read_key, read_tensors, table_metadata, write_table
 from ..utils import resolve_device, upsample
 from .alignment import box_fraction, boxes_to_mask, effective_heat_ratio, energy_pointing_game
@@ -64,7 +65,7 @@ def evaluate_key(expl_key: str, ecfg: EvaluateConfig, cfg: CellConfig) -> str:
     evaluate settings that change per-cell numbers, the numeric environment."""
     fields = {f: getattr(ecfg, f) for f in _CELL_FIELDS}
     return content_key({"explanation": expl_key, "evaluate": fields,
-                        "numeric": environment(cfg, "fp32"), "version": 3})
+                        "numeric": environment(cfg, compute_precision(cfg)), "version": 3})
 
 
 def regions_of(test: Any, ids: torch.Tensor) -> torch.Tensor | None:
@@ -98,7 +99,8 @@ def evaluate_cell(
     cpath = run.curves(method, variant, seed, epoch)
     if not force and read_key(path) == key and (not ecfg.faithfulness or read_key(cpath) == key):
         return path, True
-    with pinned_threads(task_threads(cfg)):
+    with pinned_threads(task_threads(cfg)), autocast(resolve_device(device),
+                                                     compute_precision(cfg)):
         return _evaluate(cfg, run, variant, seed, method, ecfg, device, epoch, key), False
 
 
@@ -271,7 +273,7 @@ def dissect_cell(
     path = run.dissection(variant, seed)
     if not force and read_key(path) == key:
         return path, True
-    with pinned_threads(task_threads(cfg)):
+    with pinned_threads(task_threads(cfg)):  # float32: exact thresholds need exact activations
         return _dissect(cfg, run, variant, seed, dcfg, device, force, key), False
 
 

@@ -26,13 +26,13 @@ from torch import Tensor, nn
 from ..augment import build_augmentation, jsd_consistency_loss
 from ..config import CellConfig, TrainConfig
 from ..data import Dataset, ImageSet, load_dataset
-from ..data.images import iter_batches
 from ..keys import cell_inputs, pinned_threads, task_threads
-from ..models import build_model, save_weights, weights_fingerprint
+from ..models import build_model, init_from_data, save_weights, weights_fingerprint
 from ..models.precision import autocast, memory_format, resolve_precision
 from ..rundir import CellFiles, content_key
 from ..utils import atomic_path, derive_seed, make_generator, resolve_device, software_versions
 from ..utils import write_json as _write_json
+from .feeding import BatchFeeder
 from .metrics import classification_report
 from .stopping import StoppingRule
 
@@ -161,7 +161,7 @@ def train_cell(
     files = CellFiles(Path(out_dir)) if out_dir is not None else None
     t0 = time.perf_counter()
     inputs = cell_inputs(cfg)  # before training: what the record's key says it was made from
-    with deterministic(task_threads(cfg)):
+    with deterministic(task_threads(cfg)), contextlib.ExitStack() as cleanup:
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         model = build_model(
             cfg.model.name,
@@ -170,6 +170,8 @@ def train_cell(
             cfg.model.checkpoint,
             **cfg.model.params(),
         )
+        if cfg.model.checkpoint is None:  # data-dependent init (airbench's whitening), no RNG
+            init_from_data(model, data.train.images, data.normalize)
         torch.manual_seed(derive_seed(cfg.seed, "dropout"))
         init_sha = weights_fingerprint(model)
         layout = memory_format(model)
@@ -181,8 +183,12 @@ def train_cell(
         opt = make_optimizer(model, tc)
         base_lrs = [g["lr"] for g in opt.param_groups]
         train_images = data.train.images  # a LazyImages stays on disk, decoded per batch
-        if isinstance(train_images, Tensor):
+        if isinstance(train_images, Tensor) and not tc.loader_workers:
             train_images = train_images.to(device)
+        feeder = BatchFeeder(train_images, device, num_workers=tc.loader_workers,
+                             prefetch_factor=tc.prefetch_factor, gpu_decode=tc.gpu_decode)
+        cleanup.callback(feeder.close)  # worker processes end with the cell, also on errors
+        forward = torch.compile(model) if tc.compile else model
         train_labels = data.train.labels.to(device)
         steps_per_epoch = len(data.train) // tc.batch_size
         total = steps_per_epoch * tc.epoch_cap
@@ -198,7 +204,7 @@ def train_cell(
             model.train()
             loss_sum, correct, seen = 0.0, 0.0, 0
             batches = batch_order(len(data.train), tc.batch_size, cfg.seed, epoch)
-            for idx, xb in zip(batches, iter_batches(train_images, batches, device), strict=True):
+            for idx, xb in zip(batches, feeder.epoch(batches), strict=True):
                 order_hash.update(idx.numpy().tobytes())
                 idx_d = idx.to(device)
                 x = xb.float().div_(255)
@@ -216,7 +222,7 @@ def train_cell(
                 for g, lr in zip(opt.param_groups, base_lrs, strict=True):
                     g["lr"] = lr * f
                 with autocast(device, precision):
-                    logits = model(x)  # one forward over every view: BN sees all (authors)
+                    logits = forward(x)  # one forward over every view: BN sees all (authors)
                 if extra:
                     logits, *views = logits.split(len(idx))
                 loss = soft_cross_entropy(logits, y, tc.label_smoothing)
@@ -264,6 +270,7 @@ def train_cell(
         "dataset": {"name": data.name, "info": data.info, "class_names": data.class_names},
         "device": str(device),
         "precision": precision,
+        "feeding": feeder.describe(),
         "software": software_versions(),
         "history": history,
         "init_sha256": init_sha,
