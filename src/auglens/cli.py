@@ -194,6 +194,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sanity(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .rundir import RunDir
+
+    res = _subcommand(args, ("sanity",), force=args.force)
+    if "sanity" in (res.get("skipped") or {}):
+        return 0  # the reason is printed by the stage
+    run = RunDir(args.run_dir)
+    v = pd.read_parquet(run.table("sanity_verdicts"))
+    print(v.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    print(f"wrote {run.table('sanity_summary')}")
+    return 0
+
+
 def cmd_dissect(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -464,6 +479,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", action="append", default=None, help=methods_help)
     run_dir_command("dissect", "Study B: Network Dissection of every trained cell", cmd_dissect,
                     "recompute cached per-cell results", "e.g. dissect.n_images=1000")
+    run_dir_command("sanity", "sanity checks of the attribution methods: cascading model-"
+                    "parameter randomisation and the random-logit test", cmd_sanity,
+                    "recompute cached per-cell results", "e.g. sanity.n_images=128 or "
+                    "sanity.cells=all")
     run_dir_command("report", "write RUN_DIR/report/index.html and summary.md", cmd_report, None)
 
     s = sub.add_parser(

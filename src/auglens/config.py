@@ -220,6 +220,18 @@ class EvaluateConfig(_Strict):
     blur_sigma: float = Field(default=5.0, gt=0)
     max_batch: int = Field(default=512, ge=1)
     seed: int = 0
+    road: bool = True
+    road_percentages: list[float] = Field(default_factory=lambda: [10.0, 20.0, 30.0, 40.0, 50.0,
+                                                                    60.0, 70.0, 80.0, 90.0])
+    road_noise: float = Field(default=0.01, ge=0)
+
+    @field_validator("road_percentages")
+    @classmethod
+    def _percentages(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 < k < 100 for k in v) or sorted(set(v)) != list(v):
+            raise ValueError(f"road_percentages must be strictly increasing values in (0, 100), "
+                             f"got {v}")
+        return v
 
 
 class DissectConfig(_Strict):
@@ -241,6 +253,22 @@ class DissectConfig(_Strict):
         if self.probe == "broden" and self.broden_root is None:
             raise ValueError("probe 'broden' needs broden_root (the folder with index.csv)")
         return self
+
+
+class SanityConfig(_Strict):
+    """Sanity checks of the attribution methods (SPEC §11): the cascading model-parameter
+    randomisation (layers re-initialised from the output towards the input, ``granularity``
+    "block" or "layer") and the random-logit test, on the first ``n_images`` test images of the
+    baseline cells (``cells: all``: every cell), for ``methods`` (None: the explained ones but
+    rollout). A method whose maps stay far above the random-map level once the output layer is
+    randomised fails the check (the report flags it)."""
+
+    enabled: bool = True
+    methods: list[str] | None = None
+    cells: Literal["baseline", "all"] = "baseline"
+    n_images: int = Field(default=64, ge=2)
+    granularity: Literal["block", "layer"] = "block"
+    seed: int = 0
 
 
 class AnalysisConfig(_Strict):
@@ -318,6 +346,7 @@ class ExperimentConfig(_Strict):
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     dissect: DissectConfig = Field(default_factory=DissectConfig)
+    sanity: SanityConfig = Field(default_factory=SanityConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
 
     @field_validator("variants")
@@ -446,6 +475,7 @@ def _valid_fields(title: str, loc: tuple) -> str:
     model: Any = {"CellConfig": CellConfig, "ExperimentConfig": ExperimentConfig,
                   "ExplainConfig": ExplainConfig, "EvaluateConfig": EvaluateConfig,
                   "DissectConfig": DissectConfig, "AnalysisConfig": AnalysisConfig,
+                  "SanityConfig": SanityConfig,
                   "TrainConfig": TrainConfig}.get(title)
     for part in loc:
         if model is None:

@@ -55,8 +55,23 @@ STAGE_OF = {
     "plots/alignment": "evaluate", "plots/deletion_insertion": "evaluate",
     "plots/faithfulness": "evaluate", "plots/label_mixing": "evaluate",
     "plots/accuracy_b": "evaluate", "dissection/": "dissect", "tables/dissection": "dissect",
-    "plots/dissection": "dissect", "report/": "report",
+    "plots/dissection": "dissect", "report/": "report", "sanity/": "sanity",
+    "tables/sanity": "sanity", "plots/sanity": "sanity",
 }
+
+
+def method_dir(method: str) -> str:
+    """A method's folder name: adapter names such as ``captum:IntegratedGradients`` become
+    ``captum-IntegratedGradients`` (``:`` is not allowed in Windows paths)."""
+    return method.replace(":", "-")
+
+
+def method_of_dir(name: str) -> str:
+    """The method a folder name stands for (inverse of `method_dir` for adapter families)."""
+    for family in ("captum", "pgc"):
+        if name.startswith(family + "-"):
+            return family + ":" + name[len(family) + 1:]
+    return name
 
 
 _HASHES: dict[tuple[str, int, int], str] = {}
@@ -246,13 +261,14 @@ class RunDir:
         return self.root / "explanations"
 
     def explanation(self, method: str, variant: str, seed: int, epoch: int | None = None) -> Path:
-        return (self.root / "explanations" / method / variant
+        return (self.root / "explanations" / method_dir(method) / variant
                 / f"{_tail(seed, epoch)}.safetensors")
 
     def explained_methods(self) -> list[str]:
-        """Methods with stored explanations."""
+        """Methods with stored explanations (their registry names)."""
         root = self.root / "explanations"
-        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        return sorted(method_of_dir(p.name) for p in root.iterdir()
+                      if p.is_dir()) if root.is_dir() else []
 
     def trained_cells(self) -> list[tuple[str, int]]:
         """(variant, seed) of every cell directory with a record, sorted."""
@@ -269,7 +285,7 @@ class RunDir:
         out = [ROOT_METHOD] if self.table("summary_a").is_file() else []
         root = self.root / "tables"
         if root.is_dir():
-            out += sorted(p.name for p in root.iterdir()
+            out += sorted(method_of_dir(p.name) for p in root.iterdir()
                           if p.is_dir() and (p / "summary_a.parquet").is_file())
         return out
 
@@ -279,23 +295,28 @@ class RunDir:
                       if p.name != self.timings.name)
 
     def evaluation(self, method: str, variant: str, seed: int, epoch: int | None = None) -> Path:
-        return self.root / "evaluation" / method / variant / f"{_tail(seed, epoch)}.parquet"
+        return (self.root / "evaluation" / method_dir(method) / variant
+                / f"{_tail(seed, epoch)}.parquet")
 
     def curves(self, method: str, variant: str, seed: int, epoch: int | None = None) -> Path:
-        return (self.root / "evaluation" / method / variant
+        return (self.root / "evaluation" / method_dir(method) / variant
                 / f"{_tail(seed, epoch)}-curves.parquet")
 
     def dissection(self, variant: str, seed: int) -> Path:
         return self.root / "dissection" / variant / f"seed{seed}.parquet"
 
+    def sanity(self, method: str, variant: str, seed: int) -> Path:
+        """The sanity checks (cascade, random logit) of one cell and method."""
+        return self.root / "sanity" / method_dir(method) / variant / f"seed{seed}.parquet"
+
     # ------------------------------------------------------------------ tables and plots
     def tables(self, method: str | None = None) -> Path:
         """tables/ (``method`` None or ``gradcam``) or tables/<method>/ (Study A of another
         method)."""
-        return self.root / "tables" / ("" if method in (None, ROOT_METHOD) else method)
+        return self.root / "tables" / ("" if method in (None, ROOT_METHOD) else method_dir(method))
 
     def plots(self, method: str | None = None) -> Path:
-        return self.root / "plots" / ("" if method in (None, ROOT_METHOD) else method)
+        return self.root / "plots" / ("" if method in (None, ROOT_METHOD) else method_dir(method))
 
     def table(self, name: str, method: str | None = None) -> Path:
         return self.tables(method) / f"{name}.parquet"

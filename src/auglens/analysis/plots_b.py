@@ -9,7 +9,7 @@ import pandas as pd
 
 from .plots import _save, plt
 
-SCORES = ("delta_del", "delta_ins", "lerf_morf_del", "lerf_morf_ins")
+SCORES = ("delta_del", "delta_ins", "lerf_morf_del", "lerf_morf_ins", "road_lerf_morf")
 LABELS = {
     "energy_pointing_game": "Energy Pointing Game",
     "effective_heat_ratio": "Effective Heat Ratio",
@@ -17,6 +17,7 @@ LABELS = {
     "delta_ins": "ΔIns = AUC_ins(MoRF) − AUC_ins(RaO)",
     "lerf_morf_del": "AUC_del(LeRF) − AUC_del(MoRF)",
     "lerf_morf_ins": "AUC_ins(MoRF) − AUC_ins(LeRF)",
+    "road_lerf_morf": "ROAD: AUC(LeRF) − AUC(MoRF)",
 }
 
 
@@ -60,14 +61,18 @@ def deletion_insertion(curves: pd.DataFrame, path: Path) -> Path:
     mean = c.groupby(["kind", "order", "variant", "fraction"])["score"].mean().sort_index()
     variants = list(dict.fromkeys(c.variant))
     colors = plt.cm.tab20(np.linspace(0, 1, max(len(variants), 2)))
+    present = set(zip(c.kind, c.order, strict=True))
     for i, kind in enumerate(kinds):
         for j, order in enumerate(orders):
             ax = axes[i, j]
+            if (kind, order) not in present:  # e.g. ROAD has no random order
+                ax.axis("off")
+                continue
             for v, col in zip(variants, colors, strict=False):
                 s = mean.loc[(kind, order, v)]
                 ax.plot(s.index, s.to_numpy(), color=col, lw=1.2, label=v)
             ax.set_title(f"{kind}, {order}", fontsize=10)
-            ax.set_xlabel("fraction of pixels changed")
+            ax.set_xlabel("fraction of pixels changed (ROAD: removed and imputed)")
             ax.grid(alpha=0.3)
         axes[i, 0].set_ylabel("p(explained class)")
     axes[0, -1].legend(fontsize=7, loc="best")
@@ -131,4 +136,33 @@ def dissection_detectors(summary: pd.DataFrame, path: Path) -> Path:
         ax.legend(fontsize=7)
     fig.suptitle("Network Dissection of the target layer (mean over seeds)")
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def cascade_plot(summary: pd.DataFrame, path: Path, metric: str = "spearman") -> Path:
+    """Per method: mean ``metric`` of the maps to the original ones after randomising 1..G
+    groups (output → input; mean over the checked cells), the shuffled pairing, the
+    random-logit test and the random-map control as horizontal lines."""
+    s = summary[summary.metric == metric]
+    methods = list(dict.fromkeys(s.method))
+    fig, axes = plt.subplots(1, max(len(methods), 1), figsize=(4.2 * max(len(methods), 1), 3.4),
+                             squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=False):
+        m = s[s.method == method]
+        for test, style in (("cascade", "o-"), ("cascade_shuffled", "s--")):
+            c = m[m.test == test].groupby("step", sort=True)["mean"].mean()
+            if len(c):
+                ax.plot(c.index, c.to_numpy(), style, label=test.replace("_", " "))
+        groups = m[m.test == "cascade"].drop_duplicates("step").sort_values("step")
+        for test, color in (("random_logit", "tab:purple"), ("random_map", "grey")):
+            v = m[m.test == test]["mean"]
+            if len(v):
+                ax.axhline(float(v.mean()), color=color, ls=":", label=test.replace("_", " "))
+        ax.set_xticks(groups.step.to_numpy(), groups.group.astype(str).to_numpy(),
+                      rotation=60, ha="right", fontsize=7)
+        ax.set_title(method)
+        ax.set_xlabel("randomised down to (cumulative)")
+        ax.set_ylabel(f"{metric} to the original maps")
+        ax.set_ylim(-0.2, 1.05)
+    axes[0][0].legend(fontsize=7)
     return _save(fig, path)

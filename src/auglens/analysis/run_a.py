@@ -19,7 +19,8 @@ from ..metrics import CLASS_KLD_DIRECTION
 from ..rundir import RunDir, write_table
 from ..utils import write_json
 from . import plots
-from .compare import similarity_table, target_ablation_table
+from .compare import STUDY_A_METRICS, similarity_table, target_ablation_table
+from .controls import RANDOM_VARIANT, random_similarity
 from .inference import Settings
 from .study_a import cluster, correlations, pair_frequency, seed_average, summarize
 
@@ -46,9 +47,16 @@ CONVENTIONS = {
                "|noise floor|; provisional with fewer than 3 seeds",
     "matched": "reference 'matched': the variant vs the baseline checkpoint of the same seed whose "
                "validation accuracy is closest to the variant's best (tables/matching.parquet)",
+    "random_map": f"variant '{RANDOM_VARIANT}': i.i.d. U(0,1) maps at feature resolution, seeded "
+                  "per image id, vs each baseline seed's maps (chance level, SPEC 11); not in "
+                  "correlations, clusters or plots",
     "nan": "constant maps give NaN for pearson/spearman; kept and counted (summary n_nan)",
 }
 
+
+#: metrics of the random-map control (Class-KLD compares logits, which noise does not have)
+RANDOM_METRICS = tuple(m for m in STUDY_A_METRICS if m != "class_kld")
+CATEGORICAL = ("variant", "reference", "target", "metric")
 
 #: Study A metrics plotted against accuracy
 ACCURACY_METRICS = ("spearman", "overlap@10", "mad", "class_kld")
@@ -69,12 +77,14 @@ def analyse_study_a(
     write_json(tables / "conventions_a.json", CONVENTIONS | {"method": method})
     matching = _read_optional(run.table("matching")) if exp.analysis.matched else None
     sim = similarity_table(exp, run, method, matching=matching)
-    out["similarity"] = write_table(sim, tables / "similarity.parquet")
+    chance = random_similarity(exp, run, method, RANDOM_METRICS, (5, 10, 20), exp.sanity.seed)
+    out["similarity"] = write_table(_concat(sim, chance), tables / "similarity.parquet")
     final = sim[sim.reference.astype(str) != "matched_baseline"]
     per_image = seed_average(final)
     out["similarity_seed_mean"] = write_table(per_image, tables / "similarity_seed_mean.parquet")
     a = exp.analysis
-    summary = summarize(sim, Settings(n_boot or a.n_boot, a.level, a.margin, a.seed, a.power))
+    summary = summarize(_concat(sim, chance),
+                        Settings(n_boot or a.n_boot, a.level, a.margin, a.seed, a.power))
     summary.insert(0, "method", method)
     summary = mark_cells(summary, exp, run)
     out["summary_a"] = write_table(summary, tables / "summary_a.parquet")
@@ -107,6 +117,15 @@ def analyse_study_a(
     out["plot_corr_metrics"] = plots.per_metric_heatmaps(corr, figs / "correlation_per_metric.png")
     out["plot_gallery"] = _gallery(exp, run, method, gallery_images, figs / "cam_gallery.png")
     return out
+
+
+def _concat(sim: pd.DataFrame, chance: pd.DataFrame) -> pd.DataFrame:
+    """The similarity rows followed by the random-map control's (categorical columns kept)."""
+    if chance.empty:
+        return sim
+    out = pd.concat([sim.astype({c: str for c in CATEGORICAL}),
+                     chance.astype({c: str for c in CATEGORICAL})], ignore_index=True)
+    return out.astype({c: "category" for c in CATEGORICAL})
 
 
 def _read_optional(path: Path) -> pd.DataFrame | None:

@@ -25,6 +25,7 @@ from ..rundir import RunDir, write_table
 from ..stats import draw, grand_mean, resampled_means
 from ..utils import write_json
 from . import plots, plots_b
+from .controls import RANDOM_METHOD
 from .inference import Settings, decide, difference, interval, memo, row_means, seed_spread
 from .run_a import mark_cells
 from .study_a import _matrix, _row
@@ -49,6 +50,9 @@ CONVENTIONS = {
           "(final, or the accuracy-matched checkpoint of the same seed) from the same resamples",
     "verdict": "higher / lower (CI of diff above / below 0), same (CI inside +-margin x "
                "|baseline|), undecided; provisional with fewer than 3 seeds",
+    "random": "method 'random' (baseline cells only): i.i.d. U(0,1) maps at feature resolution "
+              "seeded per image id, scored like a method on the same images: the chance level "
+              "(SPEC 11); not in the plots, label-mixing or accuracy tables",
     "nan": "NaN values (e.g. an all-zero map) are kept and counted in n_nan",
 }
 
@@ -75,9 +79,11 @@ def _read_cell(path: Path, variant: str, seed: int, what: str, command: str) -> 
     return df
 
 
-def _evaluation_frames(exp: ExperimentConfig, run: RunDir, method: str) -> pd.DataFrame:
+def _evaluation_frames(exp: ExperimentConfig, run: RunDir, method: str,
+                       cells: list[tuple[str, int]] | None = None) -> pd.DataFrame:
+    cells = cells if cells is not None else [(v, s) for v, s, _ in exp.cells()]
     frames = [_read_cell(run.evaluation(method, v, s), v, s, "evaluation",
-                         f"auglens evaluate {run.root}") for v, s, _ in exp.cells()]
+                         f"auglens evaluate {run.root}") for v, s in cells]
     out = pd.concat(frames, ignore_index=True)
     out.insert(2, "method", method)
     return out[["image_id", "variant", "seed", "method", "metric", "value"]]
@@ -232,21 +238,34 @@ def analyse_evaluation(exp: ExperimentConfig, run_dir: str | Path,
     per_image, counts, curves, notes, matched = [], [], [], {}, []
     matching = tables / "matching.parquet"
     matching = pd.read_parquet(matching) if exp.analysis.matched and matching.is_file() else None
-    for method in methods:
-        ev = _evaluation_frames(exp, run, method)
-        first = run.evaluation(method, *exp.cells()[0][:2])
-        notes[method] = json.loads(read_metadata(first).get("notes", "{}"))
+    controls = [(v, s) for v, s, _ in exp.cells() if v == exp.baseline]
+    first_kept: dict[int, set] | None = None
+    for method in (*methods, RANDOM_METHOD):
+        control = method == RANDOM_METHOD
+        cells = controls if control else [(v, s) for v, s, _ in exp.cells()]
+        if control and not (cells and all(run.evaluation(method, v, s).is_file()
+                                          for v, s in cells)):
+            continue  # runs made before the control existed
+        ev = _evaluation_frames(exp, run, method, cells)
+        notes[method] = json.loads(read_metadata(run.evaluation(method, *cells[0]))
+                                   .get("notes", "{}"))
         kept_ids = None
         if ev.metric.isin(FILTER_INPUTS).any():
-            kept, cnt = select_alignment_images(ev, exp)
-            per_image.append(kept)
-            counts.append(cnt)
-            kept_ids = {s: set(g.image_id) for s, g in kept[kept.variant == exp.baseline]
-                        .groupby("seed")}
+            if control:  # chance level on exactly the images the models are scored on
+                align = ev[ev.metric.isin(ALIGNMENT_METRICS)]
+                per_image.append(align[[i in (first_kept or {}).get(int(s), set()) for i, s in
+                                        zip(align.image_id, align.seed, strict=True)]])
+            else:
+                kept, cnt = select_alignment_images(ev, exp)
+                per_image.append(kept)
+                counts.append(cnt)
+                kept_ids = {s: set(g.image_id) for s, g in kept[kept.variant == exp.baseline]
+                            .groupby("seed")}
+                first_kept = kept_ids if first_kept is None else first_kept
         per_image.append(ev[~ev.metric.isin(FILTER_INPUTS + ALIGNMENT_METRICS)])
-        if matching is not None:
+        if matching is not None and not control:
             matched.append(_matched_frames(exp, run, method, matching, kept_ids))
-        for variant, seed, _ in exp.cells():
+        for variant, seed in cells:
             cp = run.curves(method, variant, seed)
             if cp.is_file():
                 c = pd.read_parquet(cp)
@@ -275,14 +294,15 @@ def analyse_evaluation(exp: ExperimentConfig, run_dir: str | Path,
     summary = mark_cells(summary, exp, run)
     out["summary_b"] = write_table(summary, tables / "summary_b.parquet")
     settings = Settings(a.n_boot, a.level, a.margin, a.seed, a.power)
+    models = interp[interp.method != RANDOM_METHOD]
     pairs = label_mixing_pairs(exp)
     if pairs:
-        out["label_mixing"] = write_table(pair_differences(interp, pairs, settings),
+        out["label_mixing"] = write_table(pair_differences(models, pairs, settings),
                                           tables / "label_mixing.parquet")
     from .accuracy import correlations as acc_correlations
     from .accuracy import points_b
 
-    points = points_b(exp, run, interp, matched_df)
+    points = points_b(exp, run, models, matched_df)
     acc_corr = acc_correlations(points)
     out["accuracy_points_b"] = write_table(points, tables / "accuracy_points_b.parquet")
     out["accuracy_correlation_b"] = write_table(acc_corr,
@@ -291,15 +311,15 @@ def analyse_evaluation(exp: ExperimentConfig, run_dir: str | Path,
     out["plot_accuracy"] = plots.metric_vs_accuracy(
         first_method[first_method.metric.isin(ACCURACY_METRICS_B)],
         acc_corr[acc_corr.method == methods[0]], figs / "accuracy_b.png")
-    summary = summary[summary.reference == "final"]
+    summary = summary[(summary.reference == "final") & (summary.method != RANDOM_METHOD)]
     curve_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
     out["curves"] = write_table(curve_df, tables / "curves.parquet")
 
     if summary.metric.isin(ALIGNMENT_METRICS).any():
         out["plot_alignment"] = plots_b.alignment(summary, figs / "alignment.png")
     if not curve_df.empty:
-        out["plot_curves"] = plots_b.deletion_insertion(curve_df, figs /
-                                                        "deletion_insertion_curves.png")
+        out["plot_curves"] = plots_b.deletion_insertion(
+            curve_df[curve_df.method != RANDOM_METHOD], figs / "deletion_insertion_curves.png")
         out["plot_scores"] = plots_b.faithfulness_scores(summary, figs /
                                                          "faithfulness_scores.png")
     if summary.label_mixing.notna().any():

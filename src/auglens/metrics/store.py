@@ -39,12 +39,13 @@ from ..utils import resolve_device, upsample
 from .alignment import box_fraction, boxes_to_mask, effective_heat_ratio, energy_pointing_game
 from .dissection import dissect_cached, probe_fingerprint
 from .faithfulness import deletion_insertion_curves, faithfulness_scores
+from .road import road_curves, road_scores
 
 #: images per alignment chunk (maps upsampled to input size only this many at a time)
 ALIGN_CHUNK = 1000
 #: evaluate settings that change per-cell numbers (filters and the CI act at aggregation).
 _CELL_FIELDS = ("alignment", "faithfulness", "n_images", "n_steps", "n_random", "blur_kernel",
-                "blur_sigma", "seed")
+                "blur_sigma", "seed", "road", "road_percentages", "road_noise")
 
 
 def _run(run_dir: str | Path | RunDir) -> RunDir:
@@ -167,6 +168,22 @@ def _evaluate(cfg: CellConfig, run: RunDir, variant: str, seed: int, method: str
                 "fraction": np.arange(steps) / (steps - 1), "score": c.mean(0).numpy(),
                 "sem": sem.numpy(), "n_images": c.shape[0],
             }))
+        if ecfg.road:
+            road = road_curves(model, images, upsample(raw[:n], size).to(dev),
+                               targets[:n].to(dev), percentages=ecfg.road_percentages,
+                               noise=ecfg.road_noise, input_std=data.std, seed=ecfg.seed,
+                               image_ids=sel, max_batch=ecfg.max_batch)
+            for name, values in road_scores(road).items():
+                add(name, values, sel)
+            for order, c in road.items():
+                c = c.double().cpu()
+                k = len(road.percentages)
+                sem = c.std(0) / max(c.shape[0], 1) ** 0.5 if c.shape[0] > 1 else torch.zeros(k)
+                parts.append(pd.DataFrame({
+                    "kind": "road", "order": order, "step": np.arange(k),
+                    "fraction": road.percentages.double().cpu().numpy() / 100,
+                    "score": c.mean(0).numpy(), "sem": sem.numpy(), "n_images": c.shape[0]}))
+            notes["road"] = json.dumps(road.settings, sort_keys=True, default=str)
         curves_df = pd.concat(parts, ignore_index=True)
         notes["faithfulness"] = f"{n} images"
     df = (pd.concat(rows, ignore_index=True) if rows

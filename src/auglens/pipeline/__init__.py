@@ -133,6 +133,9 @@ def make_plan(exp: ExperimentConfig, run_dir: str | Path | RunDir,
             return "its cell is retrained"
         if name == "evaluate" and (cell, task.epoch, task.method) in redo["explain"]:
             return "its explanation is recomputed"
+        if name == "evaluate" and task.method == "random" and (
+                cell, None, exp.explain.methods[0]) in redo["explain"]:
+            return "the explanation its random maps replace is recomputed"
         return ""
 
     for name in STAGES[:-1]:

@@ -4,7 +4,8 @@ plan and every subcommand (`explain`, `compare`, `evaluate`, `dissect`, `report`
 
     train (one task per variant × seed) → explain (cell × method, plus the accuracy-matched
     baseline checkpoints) → compare (Study A, per method) / evaluate (cell × method, then Study B
-    tables) / dissect (cell, then tables) → report
+    tables) / dissect (cell, then tables) → sanity (baseline cell × method, then verdicts) →
+    report
 """
 
 from __future__ import annotations
@@ -19,9 +20,17 @@ from ..config import CellConfig, ExperimentConfig
 from ..executors import Executor
 from ..progress import Reporter
 from ..rundir import RunDir, content_key
-from .tasks import CellTask, DissectTask, EvaluateTask, ExplainTask, TrainTask, execute
+from .tasks import (
+    CellTask,
+    DissectTask,
+    EvaluateTask,
+    ExplainTask,
+    SanityTask,
+    TrainTask,
+    execute,
+)
 
-STAGES = ("train", "explain", "compare", "evaluate", "dissect", "report")
+STAGES = ("train", "explain", "compare", "evaluate", "dissect", "sanity", "report")
 
 
 @dataclass
@@ -255,6 +264,11 @@ class ExplainStage(Stage):
                                                  task.epoch), key)
 
 
+def control_cells(exp: ExperimentConfig) -> list[tuple[str, int]]:
+    """The cells whose maps the random-map control replaces: the final baseline of every seed."""
+    return [(v, s) for v, s, _ in exp.cells() if v == exp.baseline]
+
+
 class CompareStage(Stage):
     name = "compare"
 
@@ -295,12 +309,28 @@ class EvaluateStage(Stage):
             return "evaluate.alignment and evaluate.faithfulness are both false"
         return None
 
+    def run(self) -> None:
+        """First the random-map control's explanations (pseudo-method ``random``) of every
+        baseline seed — cheap, keyed by their source explanation — then the evaluations."""
+        from ..analysis.controls import random_explanation
+
+        exp = self.ctx.exp
+        for variant, seed in control_cells(exp):
+            random_explanation(self.ctx.run, exp.explain.methods[0], variant, seed,
+                               exp.sanity.seed)
+        super().run()
+
     def tasks(self) -> list[CellTask]:
         exp, root = self.ctx.exp, str(self.ctx.run.root)
         ecfg = exp.evaluate.model_dump(mode="json")
+        from ..analysis.controls import RANDOM_METHOD
+
+        base = {s: c for v, s, c in self.cells() if v == exp.baseline}
         return [EvaluateTask(c.model_dump(mode="json"), root, v, s, e, method=m, evaluate=ecfg,
                              force=self.forced)
-                for v, s, c, e in self.explained() for m in exp.explain.methods]
+                for v, s, c, e in self.explained() for m in exp.explain.methods] + [
+            EvaluateTask(base[s].model_dump(mode="json"), root, v, s, None, method=RANDOM_METHOD,
+                         evaluate=ecfg, force=self.forced) for v, s in control_cells(exp)]
 
     def status(self, task: CellTask) -> str:
         from ..metrics.store import evaluate_key
@@ -322,12 +352,12 @@ class EvaluateStage(Stage):
         from ..analysis.run_b import analyse_evaluation
 
         exp, run = self.ctx.exp, self.ctx.run
-        keys = [run.key_of(run.evaluation(m, v, s, e)) for v, s, _, e in self.explained()
-                for m in exp.explain.methods]
+        keys = [run.key_of(run.evaluation(t.method, t.variant, t.seed, t.epoch))
+                for t in self.tasks()]
         key = None if any(k is None for k in keys) else content_key(
             {"inputs": keys, "evaluate": exp.evaluate.model_dump(mode="json"),
              "analysis": exp.analysis.model_dump(mode="json"), "variants": exp.variants,
-             "methods": exp.explain.methods, "version": 2})
+             "methods": exp.explain.methods, "version": 3})
         return [Aggregation("evaluate", key, lambda: analyse_evaluation(exp, run), "tables")]
 
 
@@ -372,6 +402,53 @@ class DissectStage(Stage):
         return [Aggregation("dissect", key, lambda: analyse_dissection(exp, run), "tables")]
 
 
+class SanityStage(Stage):
+    """Cascading model-parameter randomisation and the random-logit test of each method on the
+    baseline cells (``sanity.cells: all``: every cell), then one verdict per cell and method."""
+
+    name = "sanity"
+
+    def skip_reason(self) -> str | None:
+        from ..analysis.controls import sanity_targets
+
+        if not self.ctx.exp.sanity.enabled:
+            return "sanity.enabled is false"
+        if not sanity_targets(self.ctx.exp):
+            return "no method to check (rollout has no sanity check)"
+        return None
+
+    def tasks(self) -> list[CellTask]:
+        from ..analysis.controls import sanity_targets
+
+        exp, root = self.ctx.exp, str(self.ctx.run.root)
+        cfgs = {(v, s): c for v, s, c in self.cells()}
+        scfg = exp.sanity.model_dump(mode="json")
+        return [SanityTask(cfgs[(v, s)].model_dump(mode="json"), root, v, s, method=m,
+                           sanity=scfg, params=exp.explain.params.get(m),
+                           estimator_images=exp.explain.estimator_images, force=self.forced)
+                for v, s, m in sanity_targets(exp)]
+
+    def status(self, task: CellTask) -> str:
+        from ..analysis.controls import sanity_key
+
+        assert isinstance(task, SanityTask)
+        rec = self.ctx.run.record(task.variant, task.seed)
+        if rec is None:
+            return "cell not trained yet"
+        key = sanity_key(task.config, rec.weights_sha256, task.method, self.ctx.exp.sanity,
+                         task.params)
+        return self._file_status(self.ctx.run.sanity(task.method, task.variant, task.seed), key)
+
+    def aggregations(self) -> list[Aggregation]:
+        from ..analysis.controls import analyse_sanity, sanity_targets
+
+        exp, run = self.ctx.exp, self.ctx.run
+        keys = [run.key_of(run.sanity(m, v, s)) for v, s, m in sanity_targets(exp)]
+        key = None if any(k is None for k in keys) else content_key(
+            {"inputs": keys, "version": 1})
+        return [Aggregation("sanity", key, lambda: analyse_sanity(exp, run), "verdicts")]
+
+
 class ReportStage(Stage):
     name = "report"
 
@@ -386,7 +463,8 @@ class ReportStage(Stage):
 
 
 STAGE_TYPES: dict[str, type[Stage]] = {s.name: s for s in (
-    TrainStage, ExplainStage, CompareStage, EvaluateStage, DissectStage, ReportStage)}
+    TrainStage, ExplainStage, CompareStage, EvaluateStage, DissectStage, SanityStage,
+    ReportStage)}
 
 
 def run_stages(ctx: Context, names: tuple[str, ...]) -> dict[str, Any]:

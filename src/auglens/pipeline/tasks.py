@@ -142,6 +142,31 @@ class DissectTask(CellTask):
         return self.label, cached
 
 
+@dataclass(frozen=True)
+class SanityTask(CellTask):
+    """Cascading randomisation and random-logit test of the cell's ``method`` (SPEC §11)."""
+
+    method: str = "gradcam"
+    sanity: dict[str, Any] = field(default_factory=dict, repr=False)
+    params: dict[str, Any] | None = None
+    estimator_images: int = 1000
+    force: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{super().label} {self.method}"
+
+    def run(self, events: Any = None) -> tuple[str, bool]:
+        from ..analysis.controls import sanity_cell
+        from ..config import SanityConfig
+        from ..rundir import RunDir
+
+        _, cached = sanity_cell(self.config, RunDir(self.root), self.variant, self.seed,
+                                self.method, SanityConfig.model_validate(self.sanity),
+                                self.params, self.estimator_images, force=self.force)
+        return self.label, cached
+
+
 def execute(task: CellTask, events: Any = None) -> Any:
     """Run ``task`` (the function executors call in a worker). Python warnings raised by the
     task (e.g. a corrupt image skipped by the loader) travel to the run's log as events."""

@@ -13,6 +13,7 @@ from .html import Section, esc
 from .load import Run
 from .section_a import changed_section, study_a_section
 from .section_b import study_b_section
+from .section_checks import sanity_section
 from .sections import experiment_section, gallery_section, performance_section
 from .static import CSS, JS
 
@@ -27,6 +28,7 @@ def build_sections(run: Run) -> list[Section]:
         performance_section(run),
         study_a_section(run),
         study_b_section(run),
+        sanity_section(run),
         changed,
         gallery_section(run, highlight),
     ]

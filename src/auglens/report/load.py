@@ -20,6 +20,7 @@ COMMANDS = {
     "compare": "`auglens compare RUN_DIR` or `auglens run`",
     "evaluate": "`auglens evaluate RUN_DIR` or `auglens run`",
     "dissect": "`auglens dissect RUN_DIR` or `auglens run`",
+    "sanity": "`auglens sanity RUN_DIR` or `auglens run`",
     "report": "`auglens report RUN_DIR` or `auglens run`",
 }
 

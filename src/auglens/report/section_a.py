@@ -11,6 +11,9 @@ from .html import Cell, Section, ci_cell, fmt, path_png
 from .load import Run
 
 NOISE_FLOOR = "noise_floor"
+#: the random-map control's pseudo-variant (chance level, `auglens.analysis.controls`)
+RANDOM_MAP = "random_map"
+CONTROLS = (NOISE_FLOOR, RANDOM_MAP)
 _DISTANCES = ("mad", "msd", "com_shift", "class_kld", "emd")
 _MAIN = ("spearman", "pearson", "overlap@10", "iou@10", "ssim")
 
@@ -94,9 +97,9 @@ def verdict_table(summary: pd.DataFrame, order: list[str], metrics: list[str]) -
 
 
 def _variant_order(run: Run, present: list[str]) -> list[str]:
-    known = [v for v in run.variants if v in present and v != NOISE_FLOOR]
-    rest = [v for v in present if v not in known and v != NOISE_FLOOR]
-    return known + rest + ([NOISE_FLOOR] if NOISE_FLOOR in present else [])
+    known = [v for v in run.variants if v in present and v not in CONTROLS]
+    rest = [v for v in present if v not in known and v not in CONTROLS]
+    return known + rest + [c for c in CONTROLS if c in present]
 
 
 def _reading_a(summary: pd.DataFrame, method: str) -> str:
@@ -106,7 +109,8 @@ def _reading_a(summary: pd.DataFrame, method: str) -> str:
     up = bool(higher_is_similar(metric))
     m = summary[summary.metric == metric].set_index("variant")
     floor = m.loc[NOISE_FLOOR] if NOISE_FLOOR in m.index else None
-    aug = m.drop(index=NOISE_FLOOR, errors="ignore")
+    chance = m.loc[RANDOM_MAP] if RANDOM_MAP in m.index else None
+    aug = m.drop(index=list(CONTROLS), errors="ignore")
     text = [f"Each augmented model's {_name(method)} maps are compared image by image with the "
             "baseline of the same seed; means and 95 % intervals are over training runs and "
             "images. The noise floor compares baselines of different seeds, so a variant inside "
@@ -155,7 +159,10 @@ def _reading_a(summary: pd.DataFrame, method: str) -> str:
                         f"entirely beyond the noise floor's on {metric}.")
     else:
         text.append(f"No {metric} value could be computed.")
-    nan = int(summary[summary.variant != NOISE_FLOOR].n_nan.sum())
+    if chance is not None and np.isfinite(chance["mean"]):
+        text.append(f"Chance level: random maps score {chance['mean']:.3f} [{chance.ci_low:.3f}, "
+                    f"{chance.ci_high:.3f}] against the baseline's maps on {metric}.")
+    nan = int(summary[~summary.variant.isin(CONTROLS)].n_nan.sum())
     if nan:
         text.append(f"{nan} per-image values are NaN (constant maps make correlations "
                     "undefined); they are kept and counted in n_nan, not dropped.")
@@ -200,12 +207,13 @@ def _method_block(sec: Section, run: Run, method: str, several: bool) -> str:
         order = _variant_order(run, list(dict.fromkeys(pred.variant)))
         sec.table(_wide_ci(pred, order), f"{_name(method)}: mean over models and images with "
                   "95 % CI over training runs and images (two-way bootstrap), and the verdict "
-                  "against the seed noise floor; maps of each model's predicted class; last row "
-                  "= noise floor", floor=NOISE_FLOOR, table_id=f"summary-a-{method}")
+                  "against the seed noise floor; maps of each model's predicted class; last rows "
+                  "= noise floor and random maps (chance level)", floor=NOISE_FLOOR,
+                  table_id=f"summary-a-{method}")
         if "verdict" in summary:
             metrics = [m for m in dict.fromkeys(pred.metric)]
             allp = summary[summary.target == "predicted"] if "target" in summary else summary
-            sec.table(verdict_table(allp, [v for v in order if v != NOISE_FLOOR], metrics),
+            sec.table(verdict_table(allp, [v for v in order if v not in CONTROLS], metrics),
                       f"{_name(method)}: verdicts against the noise floor, each variant compared "
                       "with the final baseline of its seed and with the baseline checkpoint of "
                       "the same seed whose validation accuracy is closest to the variant's "

@@ -16,9 +16,12 @@ from .section_a import verdict_table
 
 ALIGNMENT = ["energy_pointing_game", "effective_heat_ratio"]
 AUCS = ["auc_deletion_morf", "auc_deletion_lerf", "auc_deletion_random",
-        "auc_insertion_morf", "auc_insertion_lerf", "auc_insertion_random"]
-SCORES = ["delta_del", "delta_ins", "lerf_morf_del", "lerf_morf_ins"]
+        "auc_insertion_morf", "auc_insertion_lerf", "auc_insertion_random", "road_auc_morf",
+        "road_auc_lerf"]
+SCORES = ["delta_del", "delta_ins", "lerf_morf_del", "lerf_morf_ins", "road_lerf_morf"]
 MIXING_METRICS = ALIGNMENT + SCORES
+#: the random-map control's pseudo-method (chance level, `auglens.analysis.controls`)
+RANDOM = "random"
 TABLES = ("summary_b", "alignment_counts", "curves", "dissection_summary", "dissection")
 PLOTS = ("alignment", "deletion_insertion_curves", "faithfulness_scores", "label_mixing",
          "dissection_detectors")
@@ -44,7 +47,8 @@ def _wide(summary: pd.DataFrame, metrics: list[str], order: list[str]) -> pd.Dat
         row["n_images"] = int(g.n_images.max())
         row["NaN values"] = int(g.n_nan.sum())
         rows.append(row)
-    rows.sort(key=lambda r: (str(r["method"]) != "gradcam", str(r["method"]),
+    rows.sort(key=lambda r: (str(r["method"]) == RANDOM, str(r["method"]) != "gradcam",
+                             str(r["method"]),
                              rank.get(r["variant"], len(rank))))
     return pd.DataFrame(rows)
 
@@ -84,6 +88,16 @@ def _vs_baseline(summary: pd.DataFrame, metric: str, method: str, base: str) -> 
     if top.ci_low > b.ci_high:
         return text + ", and the two 95 % CIs do not overlap"
     return text + ", but the 95 % CIs overlap, so this is not a clear difference"
+
+
+def _chance(summary: pd.DataFrame, metric: str) -> str:
+    """" Random maps … score …" (the random-map control's value), or ""."""
+    r = summary[(summary.method == RANDOM) & (summary.metric == metric)].dropna(subset=["mean"])
+    if r.empty:
+        return ""
+    r = r.iloc[0]
+    return (f" Chance level: random maps score {ci_cell(r['mean'], r.ci_low, r.ci_high).text} "
+            "on the same images (rows 'random').")
 
 
 def study_b_section(run: Run) -> Section:
@@ -129,7 +143,8 @@ def study_b_section(run: Run) -> Section:
         if best:
             readings.append(f"With {mname}, {best} puts the largest share of its map on the "
                             "object (Energy Pointing Game)"
-                            + _vs_baseline(summary, "energy_pointing_game", method, base) + ".")
+                            + _vs_baseline(summary, "energy_pointing_game", method, base) + "."
+                            + _chance(summary, "energy_pointing_game"))
     counts = None if no_alignment else run.table(run.t("alignment_counts"))
     if counts is None and not no_alignment:
         sec.miss(run.reason(run.t("alignment_counts")))
@@ -167,7 +182,8 @@ def study_b_section(run: Run) -> Section:
         if best:
             readings.append(f"The most faithful {mname} maps by the robustness-corrected "
                             f"deletion score are those of {best}"
-                            + _vs_baseline(summary, "delta_del", method, base) + ".")
+                            + _vs_baseline(summary, "delta_del", method, base) + "."
+                            + _chance(summary, "delta_del"))
     _plot(sec, run, "faithfulness_scores", "Robustness-corrected scores with 95 % CI",
           None if summary is None else
           lambda: figures.ci_bars(summary, SCORES, "Robustness-corrected scores (95 % CI)",
@@ -175,7 +191,7 @@ def study_b_section(run: Run) -> Section:
 
     if full is not None and "verdict" in full:
         sec.sub("Verdicts against the baseline (final and accuracy-matched)")
-        for meth in dict.fromkeys(full.method):
+        for meth in [m for m in dict.fromkeys(full.method) if m != RANDOM]:
             f = full[full.method == meth]
             sec.table(verdict_table(f, [v for v in order if v != base],
                                     [m for m in ALIGNMENT + SCORES if (f.metric == m).any()]),
