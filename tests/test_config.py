@@ -117,3 +117,28 @@ def test_the_readme_set_examples_work():
     assert exp.variants["affine"][0]["degrees"] == 30 and exp.seeds == [0, 1]
     cell = load_config(CellConfig, {"augment": [{"name": "affine"}]}, ["augment.0.degrees=30"])
     assert cell.augment[0]["degrees"] == 30
+
+
+def test_explainer_schema_equals_the_registry():
+    """config validates against `auglens.schemas` without importing `auglens.explain`; the
+    schema must say exactly what the registry accepts."""
+    from auglens.explain import EXPLAINERS
+    from auglens.schemas import EXPLAINER_SCHEMA
+
+    assert EXPLAINER_SCHEMA.names() == EXPLAINERS.names()
+    for name in EXPLAINER_SCHEMA.params:
+        want = set(EXPLAINERS.describe(name)["params"]) - {"estimator"}
+        assert set(EXPLAINER_SCHEMA.params[name]) == want, name
+    assert sorted(EXPLAINER_SCHEMA.families) == sorted(EXPLAINERS.families())
+
+
+def test_config_does_not_import_the_runtime_layers():
+    import subprocess
+    import sys
+
+    code = ("import sys, auglens.config as c; c.load_config(c.ExperimentConfig, {'explain': "
+            "{'methods': ['gradcam', 'iba'], 'params': {'iba': {'steps': 3}}}}); "
+            "bad = [m for m in sys.modules if m.split('.')[:2] in (['auglens', x] for x in "
+            "('explain', 'metrics', 'analysis', 'report', 'pipeline', 'cli'))]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

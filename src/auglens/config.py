@@ -172,15 +172,18 @@ class ExplainConfig(_Strict):
 
     @model_validator(mode="after")
     def _valid(self) -> ExplainConfig:
-        from .explain import EXPLAINERS
+        from .schemas import EXPLAINER_SCHEMA
 
         if not self.methods or len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods must be a non-empty list of distinct names, got "
                              f"{self.methods}")
         for m in [*self.methods, *self.limit, *self.params]:
-            EXPLAINERS.get(m)  # unknown name -> error listing the valid ones
+            EXPLAINER_SCHEMA.check(m)  # unknown name -> error listing the valid ones
         for m, kw in self.params.items():
-            valid = set(EXPLAINERS.describe(m)["params"]) - {"target_layer", "estimator"}
+            known = EXPLAINER_SCHEMA.check(m)
+            if known is None:  # a family member (captum:…, pgc:…): checked by check_inputs
+                continue
+            valid = set(known) - {"target_layer", "estimator"}
             bad = [k for k in kw if k not in valid]
             if bad:
                 raise ValueError(f"unknown parameter '{bad[0]}' for explainer '{m}'; valid: "

@@ -141,3 +141,33 @@ class Registry(Generic[T]):
         }
         doc = (inspect.getdoc(obj) or "").split("\n")[0]
         return {"params": params, "doc": doc}
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What a runtime registry accepts, declared without importing it (so `auglens.config`
+    validates names and parameters without loading the modules that implement them): plain
+    names with their parameter names, and family prefixes whose members (and their parameters)
+    are only known at run time. A test keeps it equal to the registry it describes."""
+
+    kind: str
+    params: dict[str, tuple[str, ...]]
+    families: dict[str, str]  # prefix → pattern shown in messages
+
+    def names(self) -> list[str]:
+        """As `Registry.names`: plain names sorted, then the family patterns."""
+        return sorted(self.params) + [self.families[p] for p in sorted(self.families)]
+
+    def check(self, name: str) -> tuple[str, ...] | None:
+        """The parameter names of ``name`` (None for a family member: checked at run time);
+        an unknown name raises the same error as `Registry.get`."""
+        if name in self.params:
+            return self.params[name]
+        prefix, sep, member = name.partition(":")
+        if sep and prefix in self.families and member:
+            return None
+        close = difflib.get_close_matches(name, self.params, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise AuglensError(
+            f"unknown {self.kind} '{name}'{hint}; valid {self.kind}s: {', '.join(self.names())}"
+        )

@@ -44,8 +44,19 @@ def with_overrides(exp: ExperimentConfig, methods: tuple[str, ...] | None = None
 
 def check_inputs(exp: ExperimentConfig) -> None:
     """Fail early, with the loader's message naming the missing file, when the experiment's data
-    (or its Broden probe) is not where the config says."""
+    (or its Broden probe) is not where the config says, or an adapter method (``captum:…``,
+    ``pgc:…``: the config checks only the prefix) or its parameters do not exist."""
     from ..data.base import check_source
+    from ..explain import EXPLAINERS
+
+    ec = exp.explain
+    for m in [*ec.methods, *ec.limit, *ec.params]:
+        if ":" in m:
+            valid = set(EXPLAINERS.describe(m)["params"]) - {"target_layer", "estimator"}
+            bad = [k for k in ec.params.get(m, {}) if k not in valid]
+            if bad:
+                raise AuglensError(f"unknown parameter '{bad[0]}' for explainer '{m}'; valid: "
+                                   + ", ".join(sorted(valid)))
 
     check_source(exp.data.name, exp.data.params())  # cheap: paths and layout, no decoding
     if exp.dissect.enabled and exp.dissect.probe == "broden":
