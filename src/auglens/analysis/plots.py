@@ -22,14 +22,20 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def panel_grid(n: int, width: float, height: float, cols: int = 4
+               ) -> tuple[plt.Figure, np.ndarray]:
+    """A figure of ``cols`` columns and enough rows for ``n`` panels of ``width`` × ``height``
+    inches; axes as a 2-D array."""
+    rows = max(int(np.ceil(n / cols)), 1)
+    return plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+
+
 def metric_boxplots(per_image: pd.DataFrame, path: Path, target: str = "predicted") -> Path:
     """One panel per metric: per-image (seed-averaged) values per augmentation; the noise floor
     (baseline vs baseline of other seeds) as a grey box and its median as a dashed line."""
     sub = per_image[per_image.target == target]
     metrics = list(dict.fromkeys(sub.metric))
-    cols = 4
-    rows = int(np.ceil(len(metrics) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = panel_grid(len(metrics), 4.2, 3.2)
     for ax, metric in zip(axes.flat, metrics, strict=False):
         m = sub[sub.metric == metric]
         variants = [v for v in dict.fromkeys(m.variant) if v != NOISE_FLOOR]
@@ -110,9 +116,7 @@ def per_metric_heatmaps(corr: pd.DataFrame, path: Path, method: str = "pearson")
     """One small correlation heat map per metric (same variant order)."""
     sub = corr[corr.method == method]
     metrics = list(dict.fromkeys(sub.metric))
-    cols = 4
-    rows = int(np.ceil(len(metrics) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = panel_grid(len(metrics), 3.6, 3.4)
     for ax, metric in zip(axes.flat, metrics, strict=False):
         mat = sub[sub.metric == metric].pivot(index="variant_a", columns="variant_b", values="r")
         ax.imshow(mat.to_numpy(), vmin=-1, vmax=1, cmap="RdBu_r")
@@ -166,9 +170,7 @@ def metric_vs_accuracy(points: pd.DataFrame, corr: pd.DataFrame, path: Path) -> 
     markers, one colour per variant) and the baseline checkpoints (hollow), with Spearman's ρ
     over the cells (and over cells + checkpoints) in the title."""
     metrics = list(dict.fromkeys(points.metric))
-    cols = min(4, max(1, len(metrics)))
-    rows = int(np.ceil(len(metrics) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = panel_grid(len(metrics), 4.2, 3.4, cols=min(4, max(1, len(metrics))))
     variants = list(dict.fromkeys(points.variant))
     colours = {v: plt.get_cmap("tab20")(i % 20) for i, v in enumerate(variants)}
     for ax, metric in zip(axes.flat, metrics, strict=False):

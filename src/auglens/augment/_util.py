@@ -119,3 +119,26 @@ def separable_blur(x: Tensor, kernels: Tensor) -> Tensor:
     y = F.conv2d(y, weight.view(b * c, 1, 1, k), groups=b * c)
     y = F.conv2d(y, weight.view(b * c, 1, k, 1), groups=b * c)
     return y.view(b, c, h, w)
+
+
+def area_aspect_draws(
+    b: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+    generator: torch.Generator, attempts: int = 10,
+) -> tuple[Tensor, Tensor]:
+    """torchvision's box draws (``RandomResizedCrop`` / ``RandomErasing``): target area
+    H·W·U(scale), then aspect exp(U(log ratio)), each float64 (B, attempts), in that order."""
+    target = height * width * uniform(b * attempts, *scale, generator).view(b, attempts)
+    log_r = uniform(b * attempts, math.log(ratio[0]), math.log(ratio[1]), generator)
+    return target, torch.exp(log_r).view(b, attempts)
+
+
+def place_uniform(
+    height: int, width: int, h: Tensor, w: Tensor, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """(top, left) float64 (B,) of boxes ``h`` × ``w`` placed uniformly on the integer grid:
+    top = ⌊U·(H − h + 1)⌋ (then left), clamped to H − h."""
+    b = h.shape[0]
+    u_top, u_left = uniform(b, 0, 1, generator), uniform(b, 0, 1, generator)
+    top = torch.floor(u_top * (height - h + 1)).clamp(max=height - h)
+    left = torch.floor(u_left * (width - w + 1)).clamp(max=width - w)
+    return top, left

@@ -82,6 +82,13 @@ class Augmentation:
         """bool (B,) on CPU: which samples get the augmentation (probability ``p``)."""
         return torch.rand(batch, generator=generator) < self.p
 
+    def draw_masked(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, AugLog]:
+        """The apply mask, then the subclass's per-sample parameters ``self.draw(B, H, W,
+        generator)`` — the generator order of every augmentation that has a ``draw``."""
+        b, _, h, w = images.shape
+        mask = self.draw_apply_mask(b, generator)
+        return mask, self.draw(b, h, w, generator)  # type: ignore[attr-defined]
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"

@@ -16,7 +16,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._util import _is_number, as_float, as_int, as_range, uniform
+from ._util import (
+    _is_number,
+    area_aspect_draws,
+    as_float,
+    as_int,
+    as_range,
+    place_uniform,
+    uniform,
+)
 from .base import AUGMENTATIONS, AugLog, Augmentation, ParameterError
 from .mixing import box_area_fraction, box_masks
 
@@ -79,19 +87,14 @@ def erasing_boxes(
     r = exp(U(log ratio)), h = round(√(A·r)), w = round(√(A/r)); the first of ``attempts`` with
     h < H and w < W is placed at top ~ U{0..H-h}, left ~ U{0..W-w}; none fits -> no erasing (empty
     box). Returns int64 boxes (B, 4) (x1, y1, x2, y2), ends exclusive."""
-    area = height * width
-    target = area * uniform(b * attempts, *scale, generator).view(b, attempts)
-    log_r = uniform(b * attempts, math.log(ratio[0]), math.log(ratio[1]), generator)
-    aspect = torch.exp(log_r).view(b, attempts)
+    target, aspect = area_aspect_draws(b, height, width, scale, ratio, generator, attempts)
     h = torch.round(torch.sqrt(target * aspect))
     w = torch.round(torch.sqrt(target / aspect))
     ok = (h < height) & (w < width)
     found = ok.any(1)
     pick = ok.double().argmax(1, keepdim=True)
     h_s, w_s = h.gather(1, pick)[:, 0], w.gather(1, pick)[:, 0]
-    u_top, u_left = uniform(b, 0, 1, generator), uniform(b, 0, 1, generator)
-    top = torch.floor(u_top * (height - h_s + 1)).clamp(max=height - h_s)
-    left = torch.floor(u_left * (width - w_s + 1)).clamp(max=width - w_s)
+    top, left = place_uniform(height, width, h_s, w_s, generator)
     boxes = torch.stack([left, top, left + w_s, top + h_s], dim=1).long()
     return torch.where(found[:, None], boxes, 0)
 
@@ -272,8 +275,7 @@ class GridMask(_DatasetStats, Augmentation):
         self, images: Tensor, targets: Tensor, generator: torch.Generator
     ) -> tuple[Tensor, Tensor, AugLog]:
         b, _, h, w = images.shape
-        mask = self.draw_apply_mask(b, generator)
-        prm = self.draw(b, h, w, generator)
+        mask, prm = self.draw_masked(images, generator)
         log: AugLog = {k: torch.where(mask, v, 0) for k, v in prm.items()}
         if not bool(mask.any()):
             return images, targets, {**log, "lam": torch.ones(b), "applied": mask}

@@ -3,18 +3,18 @@ one batched warp/gather per call."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ._util import (
     apply_masked,
+    area_aspect_draws,
     as_float,
     as_int,
     as_range,
     gaussian_kernels,
+    place_uniform,
     separable_blur,
     uniform,
 )
@@ -232,19 +232,14 @@ def resized_crop_params(
     area fraction ~ U(scale), log aspect ~ U(log ratio), w = round(√(A·r)), h = round(√(A/r));
     the first of ``attempts`` tries that fits is used, placed uniformly; else the centre crop
     with the aspect clamped to ``ratio`` (torchvision's fallback)."""
-    area = height * width
-    target = area * uniform(b * attempts, *scale, generator).view(b, attempts)
-    log_r = uniform(b * attempts, math.log(ratio[0]), math.log(ratio[1]), generator)
-    aspect = torch.exp(log_r).view(b, attempts)
+    target, aspect = area_aspect_draws(b, height, width, scale, ratio, generator, attempts)
     w = torch.round(torch.sqrt(target * aspect))
     h = torch.round(torch.sqrt(target / aspect))
     ok = (w > 0) & (h > 0) & (w <= width) & (h <= height)
     first = torch.where(ok.any(1), ok.double().argmax(1), -1)
     pick = first.clamp_min(0)[:, None]
     w_s, h_s = w.gather(1, pick)[:, 0], h.gather(1, pick)[:, 0]
-    u_top, u_left = uniform(b, 0, 1, generator), uniform(b, 0, 1, generator)
-    top = torch.floor(u_top * (height - h_s + 1)).clamp(max=height - h_s)
-    left = torch.floor(u_left * (width - w_s + 1)).clamp(max=width - w_s)
+    top, left = place_uniform(height, width, h_s, w_s, generator)
     # fallback: centre crop, aspect clamped to the ratio range
     in_ratio = width / height
     if in_ratio < min(ratio):

@@ -218,8 +218,31 @@ class Cutout(Augmentation):
 # ---------------------------------------------------------------- mixup
 
 
+class _BetaMix(Augmentation):
+    """Shared by the mixed-sample augmentations with λ ~ Beta(alpha, alpha): the parameters
+    and the pair draws."""
+
+    mixes_labels = True
+
+    def __init__(self, alpha: float = 1.0, label_mixing: bool = True, p: float = 1.0) -> None:
+        super().__init__(p)
+        self.alpha = as_float("alpha", alpha, 1e-6)
+        self.label_mixing = as_bool("label_mixing", label_mixing)
+
+    def draw_pair(self, b: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Partner permutation int64 (B,), then λ ~ Beta(alpha, alpha) float64 (B,), in that
+        generator order (after the apply mask)."""
+        perm = torch.randperm(b, generator=generator)
+        return perm, sample_beta(b, self.alpha, self.alpha, generator)
+
+    def draw_mixing(self, b: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """The apply mask, then `draw_pair`: (mask, partner permutation, λ)."""
+        mask = self.draw_apply_mask(b, generator)
+        return mask, *self.draw_pair(b, generator)
+
+
 @AUGMENTATIONS.register("mixup")
-class Mixup(Augmentation):
+class Mixup(_BetaMix):
     """Mixup (Zhang et al. 2018) with a per-sample λ and partner.
 
     λ ~ Beta(alpha, alpha) (default 1.0, i.e. λ ~ U[0, 1]: the mixup paper's CIFAR setting and the
@@ -230,20 +253,12 @@ class Mixup(Augmentation):
     """
 
     name = "mixup"
-    mixes_labels = True
-
-    def __init__(self, alpha: float = 1.0, label_mixing: bool = True, p: float = 1.0) -> None:
-        super().__init__(p)
-        self.alpha = as_float("alpha", alpha, 1e-6)
-        self.label_mixing = as_bool("label_mixing", label_mixing)
 
     def apply(
         self, images: Tensor, targets: Tensor, generator: torch.Generator
     ) -> tuple[Tensor, Tensor, AugLog]:
         b = images.shape[0]
-        mask = self.draw_apply_mask(b, generator)
-        perm = torch.randperm(b, generator=generator)
-        lam = sample_beta(b, self.alpha, self.alpha, generator)
+        mask, perm, lam = self.draw_mixing(b, generator)
         lam = torch.where(mask, lam, 1.0)
         partner = torch.where(mask, perm, torch.arange(b))
         log = {
@@ -265,7 +280,7 @@ class Mixup(Augmentation):
 
 
 @AUGMENTATIONS.register("cutmix")
-class CutMix(Augmentation):
+class CutMix(_BetaMix):
     """CutMix (clovaai/CutMix-PyTorch) with a per-sample λ, box and partner.
 
     λ ~ Beta(alpha, alpha); partner = a random permutation of the batch; box from
@@ -278,20 +293,12 @@ class CutMix(Augmentation):
     """
 
     name = "cutmix"
-    mixes_labels = True
-
-    def __init__(self, alpha: float = 1.0, label_mixing: bool = True, p: float = 1.0) -> None:
-        super().__init__(p)
-        self.alpha = as_float("alpha", alpha, 1e-6)
-        self.label_mixing = as_bool("label_mixing", label_mixing)
 
     def apply(
         self, images: Tensor, targets: Tensor, generator: torch.Generator
     ) -> tuple[Tensor, Tensor, AugLog]:
         b, _, h, w = images.shape
-        mask = self.draw_apply_mask(b, generator)
-        perm = torch.randperm(b, generator=generator)
-        lam = sample_beta(b, self.alpha, self.alpha, generator)
+        mask, perm, lam = self.draw_mixing(b, generator)
         cx = torch.randint(0, w, (b,), generator=generator)
         cy = torch.randint(0, h, (b,), generator=generator)
         boxes, lam = cutmix_boxes(lam, cx, cy, h, w)
@@ -384,7 +391,7 @@ def saliency_peaks(saliency: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @AUGMENTATIONS.register("saliencymix")
-class SaliencyMix(Augmentation):
+class SaliencyMix(_BetaMix):
     """SaliencyMix (Uddin et al. 2021): CutMix with the box centred on the source's saliency peak.
 
     λ ~ Beta(alpha, alpha); partner (the source) = a random permutation of the batch; the box
@@ -397,8 +404,6 @@ class SaliencyMix(Augmentation):
     """
 
     name = "saliencymix"
-    mixes_labels = True
-
     def __init__(
         self,
         alpha: float = 1.0,
@@ -406,18 +411,14 @@ class SaliencyMix(Augmentation):
         saliency_sigma: float = 2.5,
         p: float = 1.0,
     ) -> None:
-        super().__init__(p)
-        self.alpha = as_float("alpha", alpha, 1e-6)
-        self.label_mixing = as_bool("label_mixing", label_mixing)
+        super().__init__(alpha, label_mixing, p)
         self.saliency_sigma = as_float("saliency_sigma", saliency_sigma, 0.0, 64.0)
 
     def apply(
         self, images: Tensor, targets: Tensor, generator: torch.Generator
     ) -> tuple[Tensor, Tensor, AugLog]:
         b, _, h, w = images.shape
-        mask = self.draw_apply_mask(b, generator)
-        perm = torch.randperm(b, generator=generator)
-        lam = sample_beta(b, self.alpha, self.alpha, generator)
+        mask, perm, lam = self.draw_mixing(b, generator)
         src = None
         cx = cy = torch.zeros(b, dtype=torch.long)
         if bool(mask.any()):

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ._util import as_bool, as_float, as_range, uniform
 from .base import AUGMENTATIONS, AugLog, Augmentation, ParameterError
-from .mixing import box_masks, mix_targets, sample_beta
+from .mixing import _BetaMix, box_masks, mix_targets
 
 # ---------------------------------------------------------------- resizemix
 
@@ -94,8 +94,7 @@ class ResizeMix(Augmentation):
         self, images: Tensor, targets: Tensor, generator: torch.Generator
     ) -> tuple[Tensor, Tensor, AugLog]:
         b, _, h, w = images.shape
-        mask = self.draw_apply_mask(b, generator)
-        prm = self.draw(b, h, w, generator)
+        mask, prm = self.draw_masked(images, generator)
         boxes = torch.where(mask[:, None], prm["box"], 0)
         partner = torch.where(mask, prm["partner"], torch.arange(b))
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
@@ -172,7 +171,7 @@ def _as_spectrum(v: Any) -> str:
 
 
 @AUGMENTATIONS.register("fmix")
-class FMix(Augmentation):
+class FMix(_BetaMix):
     """FMix (Harris et al. 2020; authors' code ``ecs-vlc/FMix``) with a per-sample mask.
 
     Per sample: λ ~ Beta(``alpha``, ``alpha``); a low-frequency image from Gaussian Fourier
@@ -188,7 +187,6 @@ class FMix(Augmentation):
     """
 
     name = "fmix"
-    mixes_labels = True
 
     def __init__(
         self,
@@ -198,19 +196,16 @@ class FMix(Augmentation):
         label_mixing: bool = True,
         p: float = 1.0,
     ) -> None:
-        super().__init__(p)
-        self.alpha = as_float("alpha", alpha, 1e-6)
+        super().__init__(alpha, label_mixing, p)
         self.decay_power = as_float("decay_power", decay_power, 0.0)
         self.spectrum = _as_spectrum(spectrum)
-        self.label_mixing = as_bool("label_mixing", label_mixing)
 
     def draw(self, b: int, height: int, width: int, generator: torch.Generator) -> AugLog:
         """Per-sample partner, λ (as drawn), ceil/floor coin and Gaussian spectrum ``param``,
         drawn in this order after the apply mask; ``count`` = n, the number of kept pixels."""
         if height < 2:
             raise ValueError(f"fmix needs images at least 2 pixels high, got {height}")
-        perm = torch.randperm(b, generator=generator)
-        lam = sample_beta(b, self.alpha, self.alpha, generator)
+        perm, lam = self.draw_pair(b, generator)
         coin = uniform(b, 0, 1, generator)
         wf = fmix_freqs(height, width).shape[1]
         rows = height if self.spectrum == "paper" else 2
@@ -228,8 +223,7 @@ class FMix(Augmentation):
         self, images: Tensor, targets: Tensor, generator: torch.Generator
     ) -> tuple[Tensor, Tensor, AugLog]:
         b, _, h, w = images.shape
-        mask = self.draw_apply_mask(b, generator)
-        prm = self.draw(b, h, w, generator)
+        mask, prm = self.draw_masked(images, generator)
         partner = torch.where(mask, prm["partner"], torch.arange(b))
         lam = torch.where(mask, prm["count"].double() / (h * w), 1.0)
         log = {"lam": lam.float(), "box": torch.zeros(b, 4, dtype=torch.long),

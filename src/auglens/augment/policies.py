@@ -37,9 +37,25 @@ def check_rgb(name: str, images: Tensor) -> None:
 
 
 class _Policy(Augmentation):
-    """Shared: apply the drawn (B, slots) ops/magnitudes slot by slot, log them."""
+    """Shared: draw the apply mask, then each policy's (B, slots) ops and magnitudes
+    (`draw_ops`, in that generator order), apply them slot by slot, log them."""
 
     interpolation: str
+
+    def draw_ops(self, b: int, h: int, w: int, generator: torch.Generator
+                 ) -> tuple[Tensor, Tensor, AugLog]:
+        """(op ids, magnitudes) each (B, slots), and extra log entries."""
+        raise NotImplementedError
+
+    def apply(
+        self, images: Tensor, targets: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, AugLog]:
+        check_rgb(self.name, images)
+        b, _, h, w = images.shape
+        mask = self.draw_apply_mask(b, generator)
+        op, mag, extra = self.draw_ops(b, h, w, generator)
+        out, log = self.run(images, mask, op, mag)
+        return out, targets, log | {k: torch.where(mask, v, -1) for k, v in extra.items()}
 
     def run(self, images: Tensor, mask: Tensor, op: Tensor, mag: Tensor) -> tuple[Tensor, AugLog]:
         op = torch.where(mask[:, None], op, IDENTITY)
@@ -84,19 +100,13 @@ class RandAugment(_Policy):
             )
         self.interpolation = as_interpolation(interpolation)
 
-    def apply(
-        self, images: Tensor, targets: Tensor, generator: torch.Generator
-    ) -> tuple[Tensor, Tensor, AugLog]:
-        check_rgb(self.name, images)
-        b, _, h, w = images.shape
+    def draw_ops(self, b: int, h: int, w: int, generator: torch.Generator
+                 ) -> tuple[Tensor, Tensor, AugLog]:
         space = SPACES["randaugment"]
-        mask = self.draw_apply_mask(b, generator)
         local = torch.randint(0, len(space.ops), (b, self.num_ops), generator=generator)
         sign_u = torch.rand(b, self.num_ops, generator=generator, dtype=torch.float64)
         bins = torch.full_like(local, self.magnitude)
-        op, mag = space.draw(local, bins, sign_u, self.num_magnitude_bins, h, w)
-        out, log = self.run(images, mask, op, mag)
-        return out, targets, log
+        return *space.draw(local, bins, sign_u, self.num_magnitude_bins, h, w), {}
 
 
 @AUGMENTATIONS.register("trivialaugment")
@@ -119,19 +129,13 @@ class TrivialAugmentWide(_Policy):
         self.num_magnitude_bins = as_int("num_magnitude_bins", num_magnitude_bins, 2)
         self.interpolation = as_interpolation(interpolation)
 
-    def apply(
-        self, images: Tensor, targets: Tensor, generator: torch.Generator
-    ) -> tuple[Tensor, Tensor, AugLog]:
-        check_rgb(self.name, images)
-        b, _, h, w = images.shape
+    def draw_ops(self, b: int, h: int, w: int, generator: torch.Generator
+                 ) -> tuple[Tensor, Tensor, AugLog]:
         space = SPACES["trivialaugment"]
-        mask = self.draw_apply_mask(b, generator)
         local = torch.randint(0, len(space.ops), (b, 1), generator=generator)
         bins = torch.randint(0, self.num_magnitude_bins, (b, 1), generator=generator)
         sign_u = torch.rand(b, 1, generator=generator, dtype=torch.float64)
-        op, mag = space.draw(local, bins, sign_u, self.num_magnitude_bins, h, w)
-        out, log = self.run(images, mask, op, mag)
-        return out, targets, log
+        return *space.draw(local, bins, sign_u, self.num_magnitude_bins, h, w), {}
 
 
 # (op, probability, magnitude bin of 10 or None) pairs: torchvision's AutoAugmentPolicy tables.
@@ -255,13 +259,9 @@ class AutoAugment(_Policy):
         bins = torch.tensor([[0 if m is None else m for _, _, m in r] for r in rows])
         return ops, prob, bins
 
-    def apply(
-        self, images: Tensor, targets: Tensor, generator: torch.Generator
-    ) -> tuple[Tensor, Tensor, AugLog]:
-        check_rgb(self.name, images)
-        b, _, h, w = images.shape
+    def draw_ops(self, b: int, h: int, w: int, generator: torch.Generator
+                 ) -> tuple[Tensor, Tensor, AugLog]:
         space = SPACES["autoaugment"]
-        mask = self.draw_apply_mask(b, generator)
         sub = torch.randint(0, 25, (b,), generator=generator)
         apply_u = torch.rand(b, 2, generator=generator, dtype=torch.float64)
         sign_u = torch.rand(b, 2, generator=generator, dtype=torch.float64)
@@ -271,7 +271,4 @@ class AutoAugment(_Policy):
         to_local[ids] = torch.arange(len(ids))
         local = to_local[ops[sub]]
         op, mag = space.draw(local, bins[sub], sign_u, 10, h, w)
-        op = torch.where(apply_u <= prob[sub], op, IDENTITY)
-        out, log = self.run(images, mask, op, mag)
-        log["subpolicy"] = torch.where(mask, sub, -1)
-        return out, targets, log
+        return torch.where(apply_u <= prob[sub], op, IDENTITY), mag, {"subpolicy": sub}

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..analysis.plots import panel_grid  # noqa: E402
 from ..errors import AuglensError  # noqa: E402
 
 
@@ -34,9 +35,7 @@ def ci_bars(summary: pd.DataFrame, metrics: list[str], title: str,
     metrics = [m for m in metrics if (summary.metric == m).any()]
     if not metrics:
         raise AuglensError(f"none of {', '.join(metrics_asked)} is in the summary table")
-    cols = min(len(metrics), 4)
-    rows = int(np.ceil(len(metrics) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = panel_grid(len(metrics), 3.8, 3.2, cols=min(len(metrics), 4))
     methods = list(dict.fromkeys(summary.method))
     variants = _order(summary.variant, order)
     width = 0.8 / max(len(methods), 1)
