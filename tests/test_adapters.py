@@ -257,10 +257,20 @@ def test_explain_config_accepts_adapter_names() -> None:
         params={"captum:IntegratedGradients": {"n_steps": 32}, "rise": {"n_masks": 100}},
     )
     assert cfg.methods[1] == "captum:IntegratedGradients"
-    with pytest.raises(ValueError, match="unknown parameter 'n_stepz'"):
-        ExplainConfig(methods=["captum:Saliency"], params={"captum:Saliency": {"n_stepz": 1}})
+    # the config checks the family prefix only (it never imports the explainers); the member's
+    # parameters are checked by check_inputs before anything runs
+    from auglens.config import ExperimentConfig
+    from auglens.pipeline import check_inputs
+
+    bad = ExplainConfig(methods=["captum:Saliency"], params={"captum:Saliency": {"n_stepz": 1}})
+    exp = ExperimentConfig.model_validate({"name": "x", "explain": bad.model_dump()})
+    with pytest.raises(AuglensError, match="unknown parameter 'n_stepz'.*valid: abs"):
+        check_inputs(exp)
+    exp = ExperimentConfig.model_validate({"name": "x", "explain": {"methods": ["captum:Salience"]}})
     with pytest.raises(AuglensError, match="valid names for captum"):
-        ExplainConfig(methods=["captum:Salience"])
+        check_inputs(exp)
+    with pytest.raises(AuglensError, match="valid explainers: .*captum:<Attribution>"):
+        ExplainConfig(methods=["kaptum:Saliency"])
 
 
 def test_cli_list_shows_families(capsys) -> None:

@@ -167,7 +167,10 @@ def test_an_image_added_to_a_folder_invalidates_exactly_what_reads_it(tmp_path, 
     lines = text.splitlines()
     assert any(line.startswith("train      0 to run,   5 cached") for line in lines), text
     assert any(line.startswith("explain    4 to run") for line in lines), text
-    assert any(line.startswith("evaluate   5 to run") for line in lines), text  # + tables
+    # + the random-control maps of the two baseline cells, + tables
+    assert any(line.startswith("evaluate   7 to run") for line in lines), text
+    assert any(line.startswith("sanity     3 to run") for line in lines), text  # + verdicts
+    assert "baseline/seed1 random  (the explanation its random maps replace" in text
     assert any(line.startswith("compare    1 to run") for line in lines), text
     assert "affine/seed1 gradcam  (inputs changed)" in text
     assert "affine/seed1 gradcam  (its explanation is recomputed)" in text

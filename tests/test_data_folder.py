@@ -322,7 +322,12 @@ def test_cli_run_and_train_on_folder(folder, tmp_path):
     # Study B on lazy data with boxes: alignment against the boxes, IBA, dissection skipped
     interp = pd.read_parquet(out / "tables" / "interpretability.parquet")
     align = interp[interp.metric == "energy_pointing_game"]
-    assert set(align.method) == {"gradcam", "iba"} and len(align) == 2 * 2 * 6
+    models = align[align.method != "random"]
+    assert set(models.method) == {"gradcam", "iba"} and len(models) == 2 * 2 * 6
+    # the chance level is scored on the baseline's images the models are scored on
+    rand = align[align.method == "random"]
+    assert set(rand.variant) == {"baseline"}
+    assert set(rand.image_id) <= set(models[models.variant == "baseline"].image_id)
     html = (out / "report" / "index.html").read_text()
     assert "has no concept labels" in html and "CAM gallery" in html
     # lazy data through `auglens train`

@@ -70,14 +70,14 @@ def test_outputs_and_second_run_is_fully_cached(reference, capsys):
     assert (reference / "tables" / "similarity.parquet").is_file()
     assert (reference / "run.log").read_text().count("finished in") == 1
     before = mtimes(reference)
-    assert len(before) == 12
+    assert len(before) == 14  # 6 weights, 6 gradcam maps, 2 random-control maps (baseline)
     exp = reference.parent / "exp.yaml"
     t0 = time.perf_counter()
     assert main(["run", str(exp), "--out", str(reference), "--quiet"]) == 0
     assert mtimes(reference) == before  # nothing retrained or re-explained
     assert time.perf_counter() - t0 < 60
     log = (reference / "run.log").read_text()
-    assert "[train] 6 tasks, 6 cached" in log and "compare] gradcam (cached)" in log
+    assert "[train] 7 tasks, 7 cached" in log and "compare] gradcam (cached)" in log
 
 
 def test_changing_one_augmentation_retrains_only_its_cells(reference, tmp_path):
@@ -104,10 +104,10 @@ def test_dry_run_lists_grid_and_cache(reference, capsys, tmp_path):
     assert main(["run", str(exp), "--out", str(reference), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "3 variants × 2 seeds = 6 cells" in out
-    assert "train      0 to run,   6 cached" in out
+    assert "train      0 to run,   7 cached" in out
     assert main(["run", str(exp), "--out", str(tmp_path / "new"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "train      6 to run,   0 cached" in out and "run    affine/seed1" in out
+    assert "train      7 to run,   0 cached" in out and "run    affine/seed1" in out
     assert not (tmp_path / "new").exists()  # a dry run writes nothing
 
 
@@ -123,7 +123,7 @@ def test_bad_force_and_set_keys(reference, capsys):
     exp = reference.parent / "exp.yaml"
     assert main(["run", str(exp), "--out", str(reference), "--force", "trian", "--quiet"]) == 2
     assert ("argument --force: invalid choice: 'trian' (choose from 'train', 'explain', "
-            "'compare', 'evaluate', 'dissect', 'report')") in capsys.readouterr().err
+            "'compare', 'evaluate', 'dissect', 'sanity', 'report')") in capsys.readouterr().err
     for bad in (["--n-images", "0"], ["--workers", "-1"], ["--executor", "dask"]):
         assert main(["run", str(exp), "--out", str(reference), "--dry-run", *bad]) == 2
         err = capsys.readouterr().err
@@ -198,7 +198,7 @@ def test_kill_and_resume_gives_identical_tables(reference, tmp_path, stage):
     assert all(p.name.startswith(".") for p in leftovers)
     assert main(["run", str(exp), "--out", str(run), "--quiet"]) == 0
     log = (run / "run.log").read_text()
-    cached = int(log.split("[train] 6 tasks, ")[-1].split(" cached")[0])
+    cached = int(log.split("[train] 7 tasks, ")[-1].split(" cached")[0])
     assert cached >= 2  # finished cells were not redone
     assert_same_tables(reference, run)
 

@@ -13,7 +13,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+from auglens.analysis.inference import Settings  # noqa: E402
 from auglens.analysis.run_a import analyse_study_a  # noqa: E402
+from auglens.analysis.run_b import label_mixing_pairs, pair_differences  # noqa: E402
 from auglens.config import ExperimentConfig, load_config  # noqa: E402
 from auglens.explain.store import read_explanation  # noqa: E402
 from auglens.pipeline import run_subset  # noqa: E402
@@ -33,14 +35,16 @@ TINY = {
         "cutmix_hard": [{"name": "cutmix", "label_mixing": False}],
         "blur": [{"name": "gaussian_blur"}],
     },
+    "sanity": {"n_images": 8},
 }
-SECTIONS = ["experiment", "performance", "study-a", "study-b", "changed", "gallery"]
+SECTIONS = [
+    "experiment", "performance", "study-a", "study-b", "sanity", "changed", "gallery"]
 PER_IMAGE = ["energy_pointing_game", "effective_heat_ratio", "auc_deletion_morf",
              "auc_deletion_lerf", "auc_deletion_random", "auc_insertion_morf",
              "auc_insertion_lerf", "auc_insertion_random", "delta_del", "delta_ins",
              "lerf_morf_del", "lerf_morf_ins"]
 STUDY_B_TABLES = ["interpretability", "summary_b", "alignment_counts", "curves", "dissection",
-                  "dissection_summary"]
+                  "dissection_summary", "label_mixing"]
 
 
 def _write_iba(out, exp):
@@ -95,8 +99,12 @@ def _write_study_b(out, exp):
     dsum = (diss[diss.detector].groupby(["variant", "seed", "layer", "category"])
             .agg(n_detectors=("unit", "size"), unique_concepts=("concept", "nunique"))
             .reset_index())
+    pairs = label_mixing_pairs(exp)
+    assert pairs == [("cutmix", "cutmix", "cutmix_hard")]
+    lm = pair_differences(interp, pairs, Settings(n_boot=200))
     tables = {"interpretability": interp, "summary_b": summary, "alignment_counts": counts,
-              "curves": curves, "dissection": diss, "dissection_summary": dsum}
+              "curves": curves, "dissection": diss, "dissection_summary": dsum,
+              "label_mixing": lm}
     for name, df in tables.items():
         df.to_parquet(out / "tables" / f"{name}.parquet", index=False)
     fig, ax = plt.subplots(figsize=(3, 2))  # one Study B plot from "the pipeline"; others drawn
@@ -112,6 +120,7 @@ def full_run(tmp_path_factory):
     # the pipeline's train → explain → compare, step by step (Study B tables are synthetic)
     (out / "experiment.json").write_text(json.dumps(exp.model_dump(mode="json")))
     run_subset(exp, out, ("train", "explain"))  # also writes tables/performance.parquet
+    run_subset(exp, out, ("sanity",))  # real sanity checks of Grad-CAM on the baseline cells
     analyse_study_a(exp, out, n_boot=200)
     (out / "stages" / "timings.json").write_text(json.dumps(
         {"train": 2.5, "explain": 0.4, "compare": 3.0, "evaluate": 20.0, "skipped": {}}))

@@ -72,8 +72,11 @@ def test_every_table_and_plot_is_written(run):
     ]
     assert set(sim.reference) == {"baseline", "baseline_seed_1", "matched_baseline"}
     # 2 augmentations × 2 seeds (vs the final and the accuracy-matched baseline) + 1 noise-floor
-    # pair, × 2 targets, × 48 images per metric
-    assert (sim.metric == "pearson").sum() == (2 * 2 * 2 + 1) * 2 * 48
+    # pair + the random-map control vs each of the 2 baseline seeds, × 2 targets, × 48 images
+    assert (sim.metric == "pearson").sum() == (2 * 2 * 2 + 1 + 2) * 2 * 48
+    rand = sim[sim.variant == "random_map"]
+    assert set(rand.reference) == {"baseline"} and set(rand.seed) == {0, 1}
+    assert "class_kld" not in set(rand.metric)  # noise has no class: no class-KLD chance level
 
 
 def test_similarity_values_equal_direct_computation(run):

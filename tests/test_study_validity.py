@@ -109,8 +109,14 @@ def test_summary_a_estimates_differences_and_verdicts(run):
 
 def test_summary_b_matched_and_label_mixing(run):
     interp = pd.read_parquet(run / "tables" / "interpretability.parquet")
+    # the chance level: a pseudo-method 'random' scored on the baseline cells, never compared
+    rand = interp[interp.method == "random"]
+    assert set(rand.variant) == {"baseline"} and len(rand)
+    interp = interp[interp.method == "gradcam"]
     matched = pd.read_parquet(run / "tables" / "interpretability_matched.parquet")
+    assert "random" not in set(matched.method)
     s = pd.read_parquet(run / "tables" / "summary_b.parquet")
+    assert set(s[s.method == "random"].verdict.dropna()) == set()
     metric = "energy_pointing_game"
     v = interp[(interp.variant == "cutmix") & (interp.metric == metric)].value
     b = interp[(interp.variant == "baseline") & (interp.metric == metric)].value
@@ -163,7 +169,7 @@ def test_dry_run_and_exclusion(run, capsys):
     cfg = run.parent / "run.yaml"
     assert main(["run", str(cfg), "--out", str(run), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "train      0 to run,   8 cached" in out
+    assert "train      0 to run,   9 cached" in out
     assert "@epoch" in out or "cached baseline/seed0" in out
     assert main(["run", str(cfg), "--out", str(run), "--dry-run", "--seeds", "0,x"]) == 2
     assert "--seeds expects integers" in capsys.readouterr().err

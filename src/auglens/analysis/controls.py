@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from ..config import CellConfig, ExperimentConfig
+from ..errors import AuglensError
 from ..rundir import KEY, RunDir, content_key, read_key, read_tensors, write_table, write_tensors
 from .sanity import random_map_explanation, random_maps
 
@@ -58,6 +59,9 @@ def random_explanation(run: RunDir, source_method: str, variant: str, seed: int,
     cell's ``source_method`` explanation with its maps replaced by seeded noise → (file,
     cached). Keyed by the source explanation's key."""
     src = run.explanation(source_method, variant, seed)
+    if not src.is_file():
+        raise AuglensError(f"no {source_method} explanation for {variant}/seed{seed} ({src}); "
+                           f"run `auglens explain {run.root} --method {source_method}` first")
     src_key = read_key(src)
     key = content_key({"control": "random_map", "source": src_key, "seed": noise_seed,
                        "version": 1})
@@ -76,13 +80,19 @@ def random_explanation(run: RunDir, source_method: str, variant: str, seed: int,
 
 
 def sanity_key(cfg: CellConfig, weights_sha: str, method: str, scfg: Any,
-               params: dict | None) -> str:
-    from ..keys import environment
+               params: dict | None, estimator_images: int = 1000) -> str:
+    """Key of a cell's sanity table: weights, method, layer, parameters, sanity settings, the
+    data config and test files (and, for IBA, the training files and estimator size its
+    per-step estimators are fitted on), the numeric environment."""
+    from ..keys import data_files, environment
 
-    return content_key({"weights": weights_sha, "method": method, "params": params or {},
-                        "layer": cfg.model.target_layer, "settings": scfg.model_dump(mode="json"),
-                        "data": cfg.data.model_dump(mode="json"),
-                        "numeric": environment(cfg, "fp32"), "version": 1})
+    obj = {"weights": weights_sha, "method": method, "params": params or {},
+           "layer": cfg.model.target_layer, "settings": scfg.model_dump(mode="json"),
+           "data": cfg.data.model_dump(mode="json"), "test_files": data_files(cfg, "test"),
+           "numeric": environment(cfg, "fp32"), "version": 2}
+    if method == "iba":
+        obj |= {"train_files": data_files(cfg, "train"), "estimator_images": estimator_images}
+    return content_key(obj)
 
 
 def sanity_cell(cfg: CellConfig, run: RunDir, variant: str, seed: int, method: str,
@@ -96,7 +106,7 @@ def sanity_cell(cfg: CellConfig, run: RunDir, variant: str, seed: int, method: s
     from .sanity import cascading_randomisation, random_logit_test
 
     rec = run.record(variant, seed)
-    key = sanity_key(cfg, rec.weights_sha256, method, scfg, params)
+    key = sanity_key(cfg, rec.weights_sha256, method, scfg, params, estimator_images)
     path = run.sanity(method, variant, seed)
     if not force and read_key(path) == key:
         return path, True

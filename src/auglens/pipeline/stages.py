@@ -436,7 +436,7 @@ class SanityStage(Stage):
         if rec is None:
             return "cell not trained yet"
         key = sanity_key(task.config, rec.weights_sha256, task.method, self.ctx.exp.sanity,
-                         task.params)
+                         task.params, task.estimator_images)
         return self._file_status(self.ctx.run.sanity(task.method, task.variant, task.seed), key)
 
     def aggregations(self) -> list[Aggregation]:
