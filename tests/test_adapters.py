@@ -266,7 +266,8 @@ def test_explain_config_accepts_adapter_names() -> None:
     exp = ExperimentConfig.model_validate({"name": "x", "explain": bad.model_dump()})
     with pytest.raises(AuglensError, match="unknown parameter 'n_stepz'.*valid: abs"):
         check_inputs(exp)
-    exp = ExperimentConfig.model_validate({"name": "x", "explain": {"methods": ["captum:Salience"]}})
+    exp = ExperimentConfig.model_validate({"name": "x",
+                                           "explain": {"methods": ["captum:Salience"]}})
     with pytest.raises(AuglensError, match="valid names for captum"):
         check_inputs(exp)
     with pytest.raises(AuglensError, match="valid explainers: .*captum:<Attribution>"):
