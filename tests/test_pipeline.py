@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from auglens.cli import main
 from auglens.pipeline import RunLock
@@ -172,7 +174,9 @@ def _kill_when(cmd: list[str], ready, timeout: float = 300) -> None:
     assert not alive, f"worker processes outlived the killed run: {alive}"
 
 
-@pytest.mark.parametrize("stage", ["train", "explain", "evaluate"])
+# a kill during training and one during evaluation (the explain stage is resumed by the same
+# per-task keys and temporary files; test_content_keys kills nothing but checks every file kind)
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
 def test_kill_and_resume_gives_identical_tables(reference, tmp_path, stage):
     exp = reference.parent / "exp.yaml"
     run = tmp_path / "run"
@@ -181,10 +185,6 @@ def test_kill_and_resume_gives_identical_tables(reference, tmp_path, stage):
 
         def ready():
             return len(list(run.glob("cells/*/*/record.json"))) >= 2
-    elif stage == "explain":
-
-        def ready():
-            return len(list(run.glob("explanations/gradcam/*/*.safetensors"))) >= 2
     else:
 
         def ready():
@@ -207,13 +207,13 @@ def test_ray_executor_equals_local(reference, tmp_path):
     pytest.importorskip("ray")
     from auglens.config import ExperimentConfig, load_config
     from auglens.executors import RayExecutor
-    from auglens.pipeline import run_pipeline
+    from auglens.pipeline import run_subset
     from auglens.progress import Reporter
 
     exp = load_config(ExperimentConfig, EXP)
     ex = RayExecutor(num_cpus=1, init_kwargs={"num_cpus": 2})
-    try:
-        run_pipeline(exp, tmp_path / "run", ex, reporter=Reporter(quiet=True))
+    try:  # per-cell stages as Ray tasks (the later stages use the same executor.map)
+        run_subset(exp, tmp_path / "run", ("train", "explain"), ex, reporter=Reporter(quiet=True))
     finally:
         ex.close()
     for rec in (reference / "cells").glob("*/*/record.json"):
@@ -222,7 +222,10 @@ def test_ray_executor_equals_local(reference, tmp_path):
             json.loads(rec.read_text())["weights_sha256"]
             == json.loads(other.read_text())["weights_sha256"]
         )
-    assert_same_tables(reference, tmp_path / "run")
+    for ref in (reference / "explanations" / "gradcam").glob("*/*.safetensors"):
+        a = load_file(ref)
+        b = load_file(tmp_path / "run" / ref.relative_to(reference))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_local_worker_processes_equal_in_process(reference, tmp_path):
