@@ -172,8 +172,10 @@ def compare_maps(
     return _run(resolved, maps, a_logits, b_logits, logits_kind, emd_backend, block_pairs, workers)
 
 
+# Why: glibc arenas keep freed blocks; trimming cut peak RSS ≈970 → ≈890 MB (96 K-pair stream).
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` via ctypes, looked up once; None without glibc (musl, macOS…)."""
     try:
         return ctypes.CDLL("libc.so.6").malloc_trim  # glibc only
     except (OSError, AttributeError):
