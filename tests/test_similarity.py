@@ -568,3 +568,19 @@ def test_emd_known_answers() -> None:
     assert "emd" not in DEFAULT_METRICS  # exact EMD is slow: opt-in
     with pytest.raises(AuglensError, match="unknown EMD backend"):
         emd(a, b, backend="sinkhorn")  # type: ignore[arg-type]
+
+
+def test_package_exports_the_public_names() -> None:
+    """similarity is a package; its public names (and nothing else) reach auglens.metrics."""
+    import auglens.metrics as M
+    import auglens.metrics.similarity as S
+
+    public = {
+        "CLASS_KLD_DIRECTION", "DEFAULT_METRICS", "METRICS", "MapComparison", "MapContext",
+        "average_ranks", "center_of_mass_shift", "class_kld", "compare_maps", "count_nans", "emd",
+        "mad", "minmax_normalize", "msd", "overlap_rate", "pearson", "resolve_metrics",
+        "spearman", "ssim", "ssim_window", "top_count", "topk_iou",
+    }  # fmt: skip
+    assert set(S.__all__) == public and len(S.__all__) == len(public)
+    assert public <= set(M.__all__) and len(M.__all__) == len(set(M.__all__))
+    assert all(getattr(M, name) is getattr(S, name) for name in public)

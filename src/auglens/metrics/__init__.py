@@ -2,6 +2,7 @@
 (SPEC §4, :mod:`.alignment`), faithfulness (SPEC §5, :mod:`.faithfulness`) and ROAD (SPEC §11,
 :mod:`.road`) of a model's maps."""
 
+from . import similarity
 from .alignment import (
     alignment_scores,
     box_fraction,
@@ -28,30 +29,7 @@ from .faithfulness import (
     summarize_scores,
 )
 from .road import RoadCurves, road_curves, road_scores
-from .similarity import (
-    CLASS_KLD_DIRECTION,
-    DEFAULT_METRICS,
-    METRICS,
-    MapComparison,
-    MapContext,
-    average_ranks,
-    center_of_mass_shift,
-    class_kld,
-    compare_maps,
-    count_nans,
-    emd,
-    mad,
-    minmax_normalize,
-    msd,
-    overlap_rate,
-    pearson,
-    resolve_metrics,
-    spearman,
-    ssim,
-    ssim_window,
-    top_count,
-    topk_iou,
-)
+from .similarity import *  # noqa: F403  (exactly similarity.__all__)
 
 __all__ = [
     "DissectionResult",
@@ -59,16 +37,10 @@ __all__ = [
     "dissect_cached",
     "load_dissection",
     "save_dissection",
-    "CLASS_KLD_DIRECTION",
-    "DEFAULT_METRICS",
-    "METRICS",
     "FaithfulnessCurves",
-    "MapComparison",
-    "MapContext",
     "ScoreSummary",
     "alignment_scores",
     "auc",
-    "average_ranks",
     "box_fraction",
     "boxes_to_mask",
     "common_image_set",
@@ -82,20 +54,5 @@ __all__ = [
     "road_curves",
     "road_scores",
     "summarize_scores",
-    "center_of_mass_shift",
-    "class_kld",
-    "compare_maps",
-    "count_nans",
-    "emd",
-    "mad",
-    "minmax_normalize",
-    "msd",
-    "overlap_rate",
-    "pearson",
-    "resolve_metrics",
-    "spearman",
-    "ssim",
-    "ssim_window",
-    "top_count",
-    "topk_iou",
 ]
+__all__ += similarity.__all__
