@@ -212,7 +212,7 @@ def test_overlap_and_iou_match_reference(case: str, y: float) -> None:
 
 
 def test_fast_sort_path_equals_torch_stable_sort() -> None:
-    from auglens.metrics.similarity import _sort_desc
+    from auglens.metrics.similarity.ranking import _sort_desc
 
     g = torch.Generator().manual_seed(5)
     x = (torch.randn(50, 300, generator=g) * 3).round() / 2  # many ties, negative values
@@ -236,9 +236,9 @@ def test_fast_sort_path_equals_torch_stable_sort() -> None:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_torch_and_numpy_tie_ranks_agree(case: str) -> None:
-    from auglens.metrics.similarity import (
-        MapContext,
-        _centred_corr,
+    from auglens.metrics.similarity import MapContext
+    from auglens.metrics.similarity.definitions import _centred_corr
+    from auglens.metrics.similarity.ranking import (
         _twice_centred_tie_positions_np,
         _twice_centred_tie_positions_torch,
     )

@@ -49,7 +49,6 @@ Class-KLD), :mod:`.batching` (blocks, thread pool, :func:`compare_maps`, :class:
 from .batching import MapComparison, compare_maps, count_nans
 from .context import MapContext
 from .definitions import DEFAULT_METRICS, METRICS, resolve_metrics, ssim_window
-from .definitions import _centred_corr as _centred_corr
 from .distributions import CLASS_KLD_DIRECTION, class_kld
 from .functions import (
     center_of_mass_shift,
@@ -63,9 +62,6 @@ from .functions import (
     topk_iou,
 )
 from .maps import minmax_normalize
-from .ranking import _sort_desc as _sort_desc
-from .ranking import _twice_centred_tie_positions_np as _twice_centred_tie_positions_np
-from .ranking import _twice_centred_tie_positions_torch as _twice_centred_tie_positions_torch
 from .ranking import average_ranks, top_count
 
 # The ``x as x`` imports above of private helpers keep ``from auglens.metrics.similarity import
