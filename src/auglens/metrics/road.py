@@ -70,7 +70,7 @@ from scipy.sparse.linalg import splu
 from torch import Tensor, nn
 
 from ..errors import AuglensError
-from ..explain.base import model_device, preserved_state
+from ..models.tap import model_device, preserved_state
 from .faithfulness import _check_maps, _image_ids, _names, pixel_order
 
 __all__ = [
