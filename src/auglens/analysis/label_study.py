@@ -205,15 +205,17 @@ def analyse_label_study(exp: ExperimentConfig, run_dir: str | Path) -> dict[str,
 
 def decompose(table: pd.DataFrame, method: str, metric: str) -> pd.DataFrame:
     """Per mixing (one ``method`` and ``metric`` of a `label_study_table`): the total change and
-    where it comes from. Columns: ``mixing``, ``<effect>``/``<effect>_low``/``<effect>_high`` for
-    each effect present, ``change`` (``loss`` / ``gain`` when the total's CI excludes 0, else
-    ``none``) and ``source``: ``image mixing`` / ``label mixing`` / ``both`` (whose CIs exclude 0
-    in the direction of the change), ``neither alone`` (the change is resolved, its parts are
-    not), or ``—`` when there is no change."""
+    where it comes from. Columns: ``mixing``; ``<effect>``, ``<effect>_low``, ``<effect>_high``
+    for each effect of `EFFECTS` (NaN where absent); ``change``: ``loss`` / ``gain`` when the
+    total's CI lies below / above 0, else ``none``; ``source``: ``image mixing`` / ``label
+    mixing`` / ``both`` (the parts whose CIs exclude 0 in the direction of the change),
+    ``neither alone`` (the change is resolved, its parts are not), or ``—`` (no change)."""
     sub = table[(table.method == method) & (table.metric == metric)]
     rows = []
     for mixing, g in sub.groupby("mixing", sort=False):
         row: dict[str, Any] = {"mixing": mixing}
+        for effect in EFFECTS:
+            row |= {effect: math.nan, f"{effect}_low": math.nan, f"{effect}_high": math.nan}
         for r in g.itertuples():
             row |= {r.effect: r.diff, f"{r.effect}_low": r.diff_low,
                     f"{r.effect}_high": r.diff_high}
