@@ -117,7 +117,9 @@ def _mixing_lines(table: pd.DataFrame, method: str) -> list[str]:
                              for r in h.itertuples())
             d = decompose(h, method, metric).iloc[0]
             if mixing != NONE and d.change != "none":
-                effs += f" → a {d.change}, from {d.source}"
+                effs += (f" → a {d.change}, " + ("neither part alone resolved"
+                                                if d.source == "neither alone" else
+                                                f"from {d.source}"))
             bits.append(f"{SHORT[metric]}: {effs}")
         label = "label smoothing alone" if mixing == NONE else mixing
         lines.append(f"{label} ({METHOD_NAMES.get(method, method)}) — " + ". ".join(bits) + ".")
