@@ -134,7 +134,8 @@ def test_bad_force_and_set_keys(reference, capsys):
     assert "train.epoch: unknown field" in capsys.readouterr().err
     assert main(["run", "--preset", "nope"]) == 2
     err = capsys.readouterr().err
-    assert "unknown preset 'nope'; valid presets: paper-a, paper-b, quick, standard" in err
+    assert ("unknown preset 'nope'; valid presets: composition, label-mixing, paper-a, "
+            "paper-b, quick, standard") in err
 
 
 def _children(pid: int) -> list[int]:

@@ -56,7 +56,8 @@ STAGE_OF = {
     "plots/faithfulness": "evaluate", "plots/label_mixing": "evaluate",
     "plots/accuracy_b": "evaluate", "dissection/": "dissect", "tables/dissection": "dissect",
     "plots/dissection": "dissect", "report/": "report", "sanity/": "sanity",
-    "tables/sanity": "sanity", "plots/sanity": "sanity",
+    "tables/sanity": "sanity", "plots/sanity": "sanity", "tables/label_study": "evaluate",
+    "tables/composition": "compare",
 }
 
 

@@ -107,7 +107,7 @@ def label_mixing(summary: pd.DataFrame, path: Path,
     for ax, metric in zip(axes.flat, metrics, strict=False):
         for mixing, dx, face in ((True, -0.12, None), (False, 0.12, "none")):
             r = s[(s.metric == metric) & (s.label_mixing == mixing)].set_index("family")
-            r = r.reindex(families)
+            r = r[~r.index.duplicated()].reindex(families)  # first variant of each kind
             x = np.arange(len(families)) + dx
             err = np.vstack([r["mean"] - r["ci_low"], r["ci_high"] - r["mean"]]).clip(min=0)
             ax.errorbar(x, r["mean"], yerr=err, fmt="o", capsize=3, mfc=face, color="C0",

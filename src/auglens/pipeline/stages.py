@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from ..config import CellConfig, ExperimentConfig
 from ..executors import Executor
 from ..progress import Reporter
-from ..rundir import RunDir, content_key
+from ..rundir import ROOT_METHOD, RunDir, content_key
 from .tasks import (
     CellTask,
     DissectTask,
@@ -285,6 +285,12 @@ class CompareStage(Stage):
         for method in exp.explain.methods:
             out.append(Aggregation(f"compare-{method}", self.key(method),
                                    lambda m=method: analyse_study_a(exp, run, m), method))
+        from ..analysis.composition import analyse_composition, composition_pairs
+
+        if composition_pairs(exp) and ROOT_METHOD in exp.explain.methods:
+            key = self.key(ROOT_METHOD)
+            out.append(Aggregation("composition", key and content_key({"compare": key, "v": 1}),
+                                   lambda: analyse_composition(exp, run), "composition"))
         return out
 
     def key(self, method: str) -> str | None:
@@ -358,7 +364,13 @@ class EvaluateStage(Stage):
             {"inputs": keys, "evaluate": exp.evaluate.model_dump(mode="json"),
              "analysis": exp.analysis.model_dump(mode="json"), "variants": exp.variants,
              "methods": exp.explain.methods, "version": 3})
-        return [Aggregation("evaluate", key, lambda: analyse_evaluation(exp, run), "tables")]
+        from ..analysis.label_study import analyse_label_study, crossing
+
+        aggs = [Aggregation("evaluate", key, lambda: analyse_evaluation(exp, run), "tables")]
+        if crossing(exp):  # the label-mixing study's table
+            aggs.append(Aggregation("label-study", key and content_key({"evaluate": key, "v": 1}),
+                                    lambda: analyse_label_study(exp, run), "label study"))
+        return aggs
 
 
 class DissectStage(Stage):

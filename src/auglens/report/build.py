@@ -14,6 +14,7 @@ from .load import Run
 from .section_a import changed_section, study_a_section
 from .section_b import study_b_section
 from .section_checks import sanity_section
+from .section_studies import studies_sections
 from .sections import experiment_section, gallery_section, performance_section
 from .static import CSS, JS
 
@@ -28,6 +29,7 @@ def build_sections(run: Run) -> list[Section]:
         performance_section(run),
         study_a_section(run),
         study_b_section(run),
+        *studies_sections(run),
         sanity_section(run),
         changed,
         gallery_section(run, highlight),
