@@ -141,6 +141,15 @@ def test_preset_loads_and_follows_the_crossing():
     assert all(a.entropy == 0 for a in arms if a.labels == "hard")
 
 
+def test_study_b_label_mixing_pairs_leave_smoothed_variants_out():
+    from auglens.analysis.run_b import label_mixing_pairs
+
+    pairs = label_mixing_pairs(_preset())  # mixed vs hard only; smoothed arms: label_study
+    assert sorted(pairs) == [("cutmix", "cutmix", "cutmix_hard"),
+                             ("mixup", "mixup", "mixup_hard"),
+                             ("saliencymix", "saliencymix", "saliencymix_hard")]
+
+
 def test_crossing_is_read_from_the_configs_not_the_names():
     raw = _preset_raw("label-mixing")
     names = {v: f"v{i}" for i, v in enumerate(raw["variants"])}

@@ -216,11 +216,12 @@ def pair_differences(per_image: pd.DataFrame, pairs: list[tuple[str, str, str]],
 
 
 def label_mixing_pairs(exp: ExperimentConfig) -> list[tuple[str, str, str]]:
-    """(family, variant with label mixing, variant without) for every family that has both."""
+    """(family, variant with label mixing, variant without) for every family that has both; a
+    variant that also smooths its labels is neither (the label-mixing study compares it)."""
     fams: dict[str, dict[bool, list[str]]] = {}
     for v, spec in exp.variants.items():
         family, mixing = variant_family(spec)
-        if family is not None:
+        if family is not None and not any(a["name"] == "label_smoothing" for a in spec):
             fams.setdefault(family, {True: [], False: []})[bool(mixing)].append(v)
     return [(f, a, b) for f, d in fams.items() for a in d[True] for b in d[False]]
 
