@@ -363,7 +363,7 @@ class EvaluateStage(Stage):
         key = None if any(k is None for k in keys) else content_key(
             {"inputs": keys, "evaluate": exp.evaluate.model_dump(mode="json"),
              "analysis": exp.analysis.model_dump(mode="json"), "variants": exp.variants,
-             "methods": exp.explain.methods, "version": 3})
+             "methods": exp.explain.methods, "version": 4})
         from ..analysis.label_study import analyse_label_study, crossing
 
         aggs = [Aggregation("evaluate", key, lambda: analyse_evaluation(exp, run), "tables")]
