@@ -96,6 +96,17 @@ class Run:
             self._tables[rel] = df
         return self._tables[rel]
 
+    def required(self, sec: Any, name: str, reading: str) -> pd.DataFrame | None:
+        """Table ``name`` for section ``sec``; when missing or empty, the section says why
+        (`reason`) and gets ``reading``, and None is returned."""
+        rel = self.t(name)
+        table = self.table(rel)
+        if table is None or table.empty:
+            sec.miss(self.reason(rel))
+            sec.reading = reading
+            return None
+        return table
+
     def json(self, rel: str) -> Any:
         """Parsed JSON file ``rel``, or None (see `reason`)."""
         p = self.path(rel)

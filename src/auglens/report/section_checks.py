@@ -33,12 +33,10 @@ def _per_method(verdicts: pd.DataFrame) -> pd.DataFrame:
 def sanity_section(run: Run) -> Section:
     """The randomisation check per method (table, reading) and the cascade plot."""
     sec = Section("sanity", "Sanity checks of the explanation methods")
-    rel = run.t("sanity_verdicts")
-    verdicts = run.table(rel)
-    if verdicts is None or verdicts.empty:
-        sec.miss(run.reason(rel))
-        sec.reading = ("The sanity checks (cascading model-parameter randomisation, random-logit "
-                       "test) have not been run for this run directory.")
+    verdicts = run.required(sec, "sanity_verdicts", (
+        "The sanity checks (cascading model-parameter randomisation, random-logit test) have not "
+        "been run for this run directory."))
+    if verdicts is None:
         return sec
     per = _per_method(verdicts)
     margin = fmt(float(verdicts.margin.iloc[0]), 2)

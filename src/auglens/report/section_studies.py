@@ -129,12 +129,10 @@ def _mixing_lines(table: pd.DataFrame, method: str) -> list[str]:
 def label_study_section(run: Run) -> Section:
     """Does the alignment / faithfulness loss come from the image mixing or the soft labels?"""
     sec = Section("label-study", "Label mixing vs image mixing")
-    rel = run.t("label_study")
-    table = run.table(rel)
-    if table is None or table.empty:
-        sec.miss(run.reason(rel))
-        sec.reading = ("This run crosses image mixing with hard, mixed and smoothed labels, but "
-                       "its label-study table is missing.")
+    table = run.required(sec, "label_study", (
+        "This run crosses image mixing with hard, mixed and smoothed labels, but its label-study "
+        "table is missing."))
+    if table is None:
         return sec
     methods = list(dict.fromkeys(table.method))
     methods.sort(key=lambda m: m != "gradcam")
@@ -186,11 +184,9 @@ def composition_sentence(g: pd.DataFrame, metric: str) -> str:
 def composition_section(run: Run) -> Section:
     """Do the behavioural clusters of pairs A + B merge, shift or stay; whose maps are A + B's?"""
     sec = Section("composition", "Composition of augmentations")
-    rel = run.t("composition")
-    table = run.table(rel)
-    if table is None or table.empty:
-        sec.miss(run.reason(rel))
-        sec.reading = "This run has augmentation pairs, but its composition table is missing."
+    table = run.required(sec, "composition",
+                         "This run has augmentation pairs, but its composition table is missing.")
+    if table is None:
         return sec
     metric = next((m for m in MAP_METRICS if (table.metric == m).any()), table.metric.iloc[0])
     counts = table.drop_duplicates("combined").outcome.value_counts()
