@@ -119,6 +119,19 @@ def test_the_readme_set_examples_work():
     assert cell.augment[0]["degrees"] == 30
 
 
+def test_the_readme_experiment_file_is_valid():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"```yaml\n(.*?)```", readme, re.S).group(1)
+    exp = load_config(ExperimentConfig, yaml.safe_load(block))
+    assert exp.train.stop == "converged" and len(exp.cells()) == 5 * 3
+    assert exp.variants["cutmix_hard"] == [{"name": "cutmix", "p": 0.5, "label_mixing": False}]
+
+
 def test_explainer_schema_equals_the_registry():
     """config validates against `auglens.schemas` without importing `auglens.explain`; the
     schema must say exactly what the registry accepts."""
