@@ -271,6 +271,7 @@ def test_cli_run_on_cifar10_fixture(c10, tmp_path, capsys):
         "train": {"epochs": 1, "batch_size": 30},
         "seeds": [0],
         "variants": {"baseline": [], "affine": [{"name": "affine"}]},
+        "evaluate": {"n_images": 8, "n_steps": 4},
     }
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(exp))
