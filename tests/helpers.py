@@ -1,6 +1,10 @@
 """Shared test helpers."""
 
+import math
+
+import numpy as np
 import torch
+from scipy import stats
 from torch import nn
 
 from auglens.models import build_model
@@ -21,3 +25,17 @@ def random_model(name: str, num_classes: int, seed: int = 0, bias_scale: float =
             mod.weight.data.copy_(0.5 + torch.rand(c, generator=g))
             mod.bias.data.copy_(bias_scale * torch.randn(c, generator=g))
     return m.eval()
+
+
+def two_way_half_width(stat, sds: np.ndarray, img: np.ndarray, level: float) -> float:
+    """Half-width of the two-way (seed × image) bootstrap t interval, by loops: ``stat(seeds,
+    images)`` over the seed-only draws ``sds`` (n_boot, R) and the image-only draws ``img``
+    (n_boot, I); se² = v_seeds·R/(R−1) + v_images·I/(I−1), Satterthwaite df (docs/statistics.md)."""
+    (n_boot, s_n), i_n = sds.shape, img.shape[1]
+    only_s = [stat(sds[b], range(i_n)) for b in range(n_boot)]
+    only_i = [stat(range(s_n), img[b]) for b in range(n_boot)]
+    v_s = np.nanvar(only_s, ddof=1) * s_n / (s_n - 1)
+    v_i = np.nanvar(only_i, ddof=1) * i_n / (i_n - 1)
+    var = v_s + v_i
+    df = var**2 / (v_s**2 / (s_n - 1) + v_i**2 / (i_n - 1))
+    return float(stats.t.ppf(1 - (1 - level) / 2, df) * math.sqrt(var))

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import two_way_half_width
 from scipy import stats
 
 from auglens.analysis.composition import (
@@ -119,13 +120,7 @@ def _loop(v, floor_rows, n_boot, seed, level, what):
         return fl - val
 
     full = stat(range(s_n), range(i_n))
-    only_s = [stat(sds[b], range(i_n)) for b in range(n_boot)]
-    only_i = [stat(range(s_n), img[b]) for b in range(n_boot)]
-    v_s = np.nanvar(only_s, ddof=1) * s_n / (s_n - 1)
-    v_i = np.nanvar(only_i, ddof=1) * i_n / (i_n - 1)
-    var = v_s + v_i
-    df = var**2 / (v_s**2 / (s_n - 1) + v_i**2 / (i_n - 1))
-    half = stats.t.ppf(1 - (1 - level) / 2, df) * math.sqrt(var)
+    half = two_way_half_width(stat, sds, img, level)
     return full, full - half, full + half
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import two_way_half_width
 from scipy import integrate, stats
 
 from auglens.analysis.inference import Settings
@@ -224,14 +225,8 @@ def _loop_interval(va, vb, n_boot, seed, level):
     def stat(seeds, images):
         return mean(va, seeds, images) - mean(vb, seeds, images)
 
-    only_s = [stat(sds[b], range(i_n)) for b in range(n_boot)]
-    only_i = [stat(range(s_n), img[b]) for b in range(n_boot)]
-    v_s = np.var(only_s, ddof=1) * s_n / (s_n - 1)
-    v_i = np.var(only_i, ddof=1) * i_n / (i_n - 1)
-    var = v_s + v_i
-    df = var**2 / (v_s**2 / (s_n - 1) + v_i**2 / (i_n - 1))
     est = np.nanmean(va) - np.nanmean(vb)
-    half = stats.t.ppf(1 - (1 - level) / 2, df) * math.sqrt(var)
+    half = two_way_half_width(stat, sds, img, level)
     return est, est - half, est + half
 
 
