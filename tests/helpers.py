@@ -39,3 +39,25 @@ def two_way_half_width(stat, sds: np.ndarray, img: np.ndarray, level: float) -> 
     var = v_s + v_i
     df = var**2 / (v_s**2 / (s_n - 1) + v_i**2 / (i_n - 1))
     return float(stats.t.ppf(1 - (1 - level) / 2, df) * math.sqrt(var))
+
+
+def run_shrunk_preset(name: str, keep, tmp_path, **sections) -> tuple[dict, "object"]:
+    """Run preset ``name`` through `auglens run` cut down to the variants in ``keep``, 2 seeds,
+    tiny data, 1 epoch, width 4, no sanity stage, no matched baseline (``sections`` replace
+    whole config sections) → (the raw config, the run directory)."""
+    import yaml
+
+    from auglens.cli import _preset_raw, main
+
+    raw = _preset_raw(name)
+    raw["variants"] = {v: s for v, s in raw["variants"].items() if v in keep}
+    raw["data"] |= {"n_train": 96, "n_val": 32, "n_test": 16}
+    raw["model"] |= {"width": 4}
+    raw |= {"train": {"epochs": 1, "batch_size": 32, "threads": 1}, "seeds": [0, 1],
+            "sanity": {"enabled": False}, "analysis": {"n_boot": 100, "matched": False}}
+    raw |= sections
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    assert main(["run", str(tmp_path / "exp.yaml"), "--out", str(out), "--quiet",
+                 "--workers", "1"]) == 0
+    return raw, out

@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from helpers import two_way_half_width
+from helpers import run_shrunk_preset, two_way_half_width
 from scipy import stats
 
 from auglens.analysis.composition import (
@@ -20,7 +19,7 @@ from auglens.analysis.composition import (
     pair_similarity,
 )
 from auglens.analysis.inference import Settings
-from auglens.cli import _preset_raw, main
+from auglens.cli import _preset_raw
 from auglens.config import ExperimentConfig, load_config
 from auglens.explain.store import read_explanation
 from auglens.rundir import RunDir
@@ -185,19 +184,8 @@ def test_docs_document_the_table():
 
 def test_shrunk_preset_end_to_end(tmp_path):
     """`auglens run` on the preset cut down to one pair and two seeds on tiny data."""
-    raw = _preset_raw("composition")
     keep = ("baseline", "affine", "gaussian_blur", "affine+gaussian_blur")
-    raw["variants"] = {v: s for v, s in raw["variants"].items() if v in keep}
-    raw["data"] |= {"n_train": 96, "n_val": 32, "n_test": 16}
-    raw["model"] |= {"width": 4}
-    raw["train"] = {"epochs": 1, "batch_size": 32, "threads": 1}
-    raw["seeds"] = [0, 1]
-    raw["sanity"] = {"enabled": False}
-    raw["analysis"] = {"n_boot": 100, "matched": False}
-    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
-    out = tmp_path / "run"
-    assert main(["run", str(tmp_path / "exp.yaml"), "--out", str(out), "--quiet",
-                 "--workers", "1"]) == 0
+    raw, out = run_shrunk_preset("composition", keep, tmp_path)
     exp = load_config(ExperimentConfig, raw)
     table = pd.read_parquet(out / "tables" / "composition.parquet")
     assert len(table) == 3 * 3 and set(table.combined) == {"affine+gaussian_blur"}

@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from helpers import two_way_half_width
+from helpers import run_shrunk_preset, two_way_half_width
 from scipy import integrate, stats
 
 from auglens.analysis.inference import Settings
@@ -28,7 +27,7 @@ from auglens.augment.label_entropy import (
     same_class_probability,
 )
 from auglens.augment.labels import smoothed_entropy
-from auglens.cli import _preset_raw, main
+from auglens.cli import _preset_raw
 from auglens.config import ExperimentConfig, load_config
 from auglens.report.section_studies import label_study_answer
 
@@ -330,20 +329,9 @@ def test_docs_document_the_table():
 def test_shrunk_preset_end_to_end(tmp_path):
     """`auglens run` on the preset cut down (5 variants, 2 seeds, tiny data): the study's table,
     equal to a recomputation from the run's own per-image table, and the report section."""
-    raw = _preset_raw("label-mixing")
-    raw["variants"] = {v: s for v, s in raw["variants"].items() if v in VARIANTS}
-    raw["data"] |= {"n_train": 96, "n_val": 32, "n_test": 16}
-    raw["model"] |= {"width": 4}
-    raw["train"] = {"epochs": 1, "batch_size": 32, "threads": 1}
-    raw["seeds"] = [0, 1]
-    raw["explain"] = {"methods": ["gradcam"]}
-    raw["evaluate"] = {"n_images": 4, "n_steps": 3, "n_random": 1, "road": False}
-    raw["sanity"] = {"enabled": False}
-    raw["analysis"] = {"n_boot": 100, "matched": False}
-    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
-    out = tmp_path / "run"
-    assert main(["run", str(tmp_path / "exp.yaml"), "--out", str(out), "--quiet",
-                 "--workers", "1"]) == 0
+    raw, out = run_shrunk_preset(
+        "label-mixing", VARIANTS, tmp_path, explain={"methods": ["gradcam"]},
+        evaluate={"n_images": 4, "n_steps": 3, "n_random": 1, "road": False})
     table = pd.read_parquet(out / "tables" / "label_study.parquet")
     exp = load_config(ExperimentConfig, raw)
     want = label_study_table(pd.read_parquet(out / "tables" / "interpretability.parquet"),
