@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..augment.labels import LABEL_ONLY
 from ..config import ExperimentConfig
 from ..errors import AuglensError
 from ..explain.store import read_explanation
@@ -35,8 +36,6 @@ from .compare import TARGETS, _compare, _rows
 from .inference import Settings
 from .study_a import summarize
 
-#: augmentations that change only the labels (never a part of a pair)
-LABEL_ONLY = ("label_smoothing",)
 #: map metrics of the pair comparisons (each must also be in the noise floor of Study A)
 MAP_METRICS = ("spearman", "overlap@10", "ssim")
 COMPARISONS = ("combined_vs_a", "combined_vs_b", "a_vs_b")

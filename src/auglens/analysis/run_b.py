@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..augment import AUGMENTATIONS
+from ..augment.labels import LABEL_ONLY
 from ..config import ExperimentConfig
 from ..errors import AuglensError
 from ..metrics.alignment import filter_images
@@ -221,7 +222,7 @@ def label_mixing_pairs(exp: ExperimentConfig) -> list[tuple[str, str, str]]:
     fams: dict[str, dict[bool, list[str]]] = {}
     for v, spec in exp.variants.items():
         family, mixing = variant_family(spec)
-        if family is not None and not any(a["name"] == "label_smoothing" for a in spec):
+        if family is not None and not any(a["name"] in LABEL_ONLY for a in spec):
             fams.setdefault(family, {True: [], False: []})[bool(mixing)].append(v)
     return [(f, a, b) for f, d in fams.items() for a in d[True] for b in d[False]]
 

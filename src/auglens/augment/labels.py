@@ -54,6 +54,10 @@ def label_entropy(targets: Tensor) -> Tensor:
     return -torch.xlogy(t, t).sum(dim=1)
 
 
+#: registered augmentations that change only the labels (images untouched)
+LABEL_ONLY = ("label_smoothing",)
+
+
 @AUGMENTATIONS.register("label_smoothing")
 class LabelSmoothing(Augmentation):
     """Label smoothing as an augmentation (Szegedy et al. 2016): images unchanged, targets t ->
